@@ -1,0 +1,7 @@
+"""``python -m patchmix`` runs the command line."""
+
+import sys
+
+from patchmix.cli import main
+
+sys.exit(main())
