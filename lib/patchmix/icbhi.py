@@ -1,0 +1,546 @@
+"""Reading an ICBHI 2017 folder into a table of respiratory cycles.
+
+The download (and the synthetic stand-in of `patchmix.synth`) looks like::
+
+    ROOT/ICBHI_final_database/101_1b1_Al_sc_Meditron.wav   recordings ...
+    ROOT/ICBHI_final_database/101_1b1_Al_sc_Meditron.txt   ... and their cycle annotations
+    ROOT/ICBHI_final_database/filename_format.txt           description files (ignored)
+    ROOT/ICBHI_challenge_train_test.txt                     the official split
+    ROOT/ICBHI_challenge_diagnosis.txt                      diagnosis per patient (optional)
+    ROOT/ICBHI_Challenge_demographic_information.txt        demographics (optional)
+
+`read_icbhi(ROOT)` (or the recordings folder itself) returns one row per annotated cycle.
+
+How bad input is handled, case by case (each skip is counted and listed in ``attrs["problems"]``
+and in ``patchmix data check``; nothing is dropped silently):
+
+======================================  =================================================
+case                                    decision
+======================================  =================================================
+WAV that cannot be opened               error (names the file): a damaged download
+WAV shorter than its header says        error (names the file and both sizes)
+annotation line that does not parse     error (file and line number)
+cycle with end <= start                 skipped, reported with file and line
+cycle starting at/after the recording   skipped, reported with file and line
+cycle ending after the recording        kept: the cut is clamped (PAPER.md §3), counted
+recording with no annotation file       skipped, reported
+annotation file with no recording       skipped, reported
+recording absent from the split file    skipped, reported
+recording under its old device name     mapped to the split file's name, counted as renamed
+stereo WAV                              handled: channels averaged, reported
+float WAV                               handled: read as is (bit depth "float")
+======================================  =================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
+CLASSES_2: tuple[str, ...] = ("normal", "abnormal")
+SPLIT_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_train_test.txt", "official_split.txt")
+DIAGNOSIS_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_diagnosis.txt", "patient_diagnosis.csv")
+DEMOGRAPHICS_FILE_NAMES: tuple[str, ...] = (
+    "ICBHI_Challenge_demographic_information.txt",
+    "demographic_info.txt",
+)
+RECORDINGS_DIR_NAMES: tuple[str, ...] = ("ICBHI_final_database", "audio_and_txt_files")
+SYNTHETIC_MARKER = "synthetic.json"
+
+# PID_RecIdx_Loc_Mode_Device, e.g. 101_1b1_Al_sc_Meditron
+RECORDING_NAME = re.compile(
+    r"^(?P<patient>\d+)_(?P<rec_index>\d+[a-z]\d+)_(?P<location>[A-Z][a-z])"
+    r"_(?P<mode>sc|mc)_(?P<device>[A-Za-z0-9]+)$"
+)
+
+CYCLE_COLUMNS: tuple[str, ...] = (
+    "recording", "patient", "rec_index", "location", "mode", "device", "split", "cycle",
+    "start", "end", "crackle", "wheeze", "label", "label2", "path", "stored_as", "sample_rate",
+    "bits", "channels", "duration", "diagnosis", "age", "sex", "adult_bmi", "child_weight",
+    "child_height",
+)
+
+
+class DataError(ValueError):
+    """Input that cannot be read; the message names the file (and line) and the problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reported irregularity: what, where, and what the reader did about it."""
+
+    kind: str  # e.g. "no_annotation", "empty_cycle", "stereo"
+    file: str  # path relative to the data root
+    detail: str  # a human sentence, with the line number where there is one
+    action: str  # "skipped" or "handled"
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What the reader needs of a WAV header."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str  # soundfile's name, e.g. "PCM_16", "PCM_24", "FLOAT"
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def bits(self) -> str:
+        """Bit depth as a label: "16", "24", "32", "8" or "float"/"double"."""
+        if self.subtype.startswith("PCM_"):
+            return self.subtype[4:]
+        if self.subtype == "PCM_U8":
+            return "8"
+        return self.subtype.lower()
+
+
+# ----------------------------------------------------------------------------- file discovery
+
+
+def find_recordings_dir(root: str | os.PathLike) -> Path:
+    """The folder holding the WAVs: `root` itself or its known (or only) sub-folder with WAVs."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if _has_wavs(root):
+        return root
+    for name in RECORDINGS_DIR_NAMES:
+        if _has_wavs(root / name):
+            return root / name
+    candidates = [d for d in sorted(root.iterdir()) if d.is_dir() and _has_wavs(d)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise DataError(f"{root}: no .wav recordings here or in a sub-folder")
+    names = ", ".join(d.name for d in candidates)
+    raise DataError(f"{root}: several sub-folders hold recordings ({names}); pass the one to use")
+
+
+def _has_wavs(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() == ".wav" for p in folder.iterdir())
+
+
+def _find_file(rec_dir: Path, names: tuple[str, ...]) -> Path | None:
+    for folder in (rec_dir, rec_dir.parent):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+# ----------------------------------------------------------------------------- metadata files
+
+
+def read_split(path: str | os.PathLike) -> dict[str, str]:
+    """The split file: ``<recording>\\t<train|test>`` per line → {recording: split}."""
+    path = Path(path)
+    split: dict[str, str] = {}
+    for lineno, line in _lines(path):
+        fields = line.split()
+        if len(fields) != 2 or fields[1].lower() not in ("train", "test"):
+            raise DataError(f"{path}:{lineno}: expected '<recording> <train|test>', got {line!r}")
+        split[fields[0].strip("'\"")] = fields[1].lower()
+    if not split:
+        raise DataError(f"{path}: the split file is empty")
+    return split
+
+
+def read_diagnosis(path: str | os.PathLike) -> dict[int, str]:
+    """The diagnosis file: ``<pid>\\t<diagnosis>`` per line (comma-separated accepted)."""
+    path = Path(path)
+    out: dict[int, str] = {}
+    for lineno, line in _lines(path):
+        fields = [f.strip() for f in re.split(r"[\t,]", line) if f.strip()]
+        if len(fields) < 2 or not fields[0].isdigit():
+            raise DataError(f"{path}:{lineno}: expected '<patient id> <diagnosis>', got {line!r}")
+        out[int(fields[0])] = fields[1]
+    return out
+
+
+DEMOGRAPHIC_FIELDS: tuple[str, ...] = ("age", "sex", "adult_bmi", "child_weight", "child_height")
+
+
+def read_demographics(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
+    """The demographics file: ``pid age sex adult_BMI child_weight child_height``.
+
+    Missing fields and ``NA`` become NaN; a line with fewer fields is padded with NaN.
+    """
+    path = Path(path)
+    out: dict[int, dict[str, Any]] = {}
+    for lineno, line in _lines(path):
+        fields = line.split()
+        if not fields[0].isdigit():
+            raise DataError(f"{path}:{lineno}: expected a patient id first, got {line!r}")
+        values = fields[1:] + ["NA"] * (len(DEMOGRAPHIC_FIELDS) - len(fields) + 1)
+        row: dict[str, Any] = {}
+        for name, value in zip(DEMOGRAPHIC_FIELDS, values, strict=False):  # extra fields: ignored
+            if name == "sex":
+                row[name] = value if value in ("M", "F") else math.nan
+            else:
+                row[name] = _float_or_nan(value)
+        out[int(fields[0])] = row
+    return out
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-empty, stripped lines with their 1-based numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    return [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
+
+
+# ----------------------------------------------------------------------------- WAVs and cycles
+
+
+def wav_info(path: str | os.PathLike) -> WavInfo:
+    """Header facts of an audio file; a clear `DataError` for unreadable or truncated files."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{path}: unreadable audio file ({_short(err)})") from None
+    declared, available = _riff_data_sizes(path)
+    if declared is not None and available is not None and available < declared:
+        raise DataError(
+            f"{path}: truncated WAV: the header declares {declared} bytes of audio, "
+            f"the file holds {available}"
+        )
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise DataError(f"{path}: the WAV holds no audio")
+    return WavInfo(info.samplerate, info.channels, info.frames, info.subtype)
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+
+
+def _riff_data_sizes(path: Path) -> tuple[int | None, int | None]:
+    """(declared, available) bytes of a RIFF WAV's data chunk; (None, None) if not plain RIFF."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None, None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if chunk_size == 0xFFFFFFFF:  # streamed WAV with no size
+                    return None, None
+                return chunk_size, size - pos - 8
+            pos += 8 + chunk_size + (chunk_size & 1)
+    return None, None
+
+
+def read_annotation(path: str | os.PathLike) -> list[tuple[int, float, float, int, int]]:
+    """Cycles of one annotation file as (line number, start, end, crackle, wheeze)."""
+    path = Path(path)
+    cycles = []
+    for lineno, line in _lines(path):
+        fields = line.split()
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            start, end = float(fields[0]), float(fields[1])
+            crackle, wheeze = int(fields[2]), int(fields[3])
+            if crackle not in (0, 1) or wheeze not in (0, 1):
+                raise ValueError
+            if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+                raise ValueError
+        except ValueError:
+            raise DataError(
+                f"{path}:{lineno}: cannot parse annotation line {line!r}: expected "
+                "'start end crackle wheeze' (seconds >= 0, then 0/1 flags)"
+            ) from None
+        cycles.append((lineno, start, end, crackle, wheeze))
+    return cycles
+
+
+# ----------------------------------------------------------------------------- the reader
+
+
+def read_icbhi(root: str | os.PathLike,
+               split_file: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read an ICBHI-layout folder into a table with one row per annotated cycle.
+
+    Args:
+        root: the folder holding the recordings, or its parent (the download's top folder).
+        split_file: the split file; by default ``ICBHI_challenge_train_test.txt`` or
+            ``official_split.txt`` next to the recordings or in their parent folder.
+
+    Returns:
+        A DataFrame with the columns of `CYCLE_COLUMNS` (``label``: 0 normal, 1 crackle,
+        2 wheeze, 3 both; ``label2``: 0 normal, 1 abnormal; ``recording`` is the split file's
+        name, ``stored_as`` the name on disk), sorted by recording and cycle. ``attrs`` holds
+        ``root``, ``split_file``, ``synthetic``, ``renamed`` ({stored name: split name}),
+        ``problems`` (list of dicts, see `Problem`), ``clamped_cycles`` and ``ignored_files``.
+
+    Raises:
+        DataError: for input that cannot be read (see the module docstring for each case).
+    """
+    rec_dir = find_recordings_dir(root)
+    data_root = rec_dir.parent if rec_dir.name in RECORDINGS_DIR_NAMES else rec_dir
+    if split_file is None:
+        split_path = _find_file(rec_dir, SPLIT_FILE_NAMES)
+        if split_path is None:
+            raise DataError(
+                f"{rec_dir}: no split file ({' or '.join(SPLIT_FILE_NAMES)}) here or in the "
+                "parent folder; pass split_file="
+            )
+    else:
+        split_path = Path(split_file)
+        if not split_path.is_file():
+            raise DataError(f"{split_path}: no such split file")
+    split = read_split(split_path)
+    diag_path = _find_file(rec_dir, DIAGNOSIS_FILE_NAMES)
+    demo_path = _find_file(rec_dir, DEMOGRAPHICS_FILE_NAMES)
+    diagnosis = read_diagnosis(diag_path) if diag_path else {}
+    demographics = read_demographics(demo_path) if demo_path else {}
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, data_root)
+
+    wavs: dict[str, Path] = {}
+    notes: dict[str, Path] = {}
+    ignored: list[str] = []
+    for p in sorted(rec_dir.iterdir()):
+        suffix = p.suffix.lower()
+        if suffix == ".wav" and RECORDING_NAME.match(p.stem):
+            wavs[p.stem] = p
+        elif suffix == ".txt" and RECORDING_NAME.match(p.stem):
+            notes[p.stem] = p
+        elif p.is_file():
+            ignored.append(rel(p))
+
+    problems: list[Problem] = []
+    for stem in sorted(set(wavs) - set(notes)):
+        problems.append(Problem("no_annotation", rel(wavs[stem]),
+                                "recording without an annotation file", "skipped"))
+    for stem in sorted(set(notes) - set(wavs)):
+        problems.append(Problem("no_recording", rel(notes[stem]),
+                                "annotation file without a recording", "skipped"))
+
+    renamed = _map_renamed(sorted(set(wavs) & set(notes)), split)
+    rows: list[dict[str, Any]] = []
+    clamped = 0
+    for stem in sorted(set(wavs) & set(notes)):
+        name = renamed.get(stem, stem)
+        if name not in split:
+            problems.append(Problem("not_in_split", rel(wavs[stem]),
+                                    f"recording absent from {split_path.name}", "skipped"))
+            continue
+        info = wav_info(wavs[stem])
+        if info.channels > 1:
+            problems.append(Problem("stereo", rel(wavs[stem]),
+                                    f"{info.channels} channels averaged to mono", "handled"))
+        fields = RECORDING_NAME.match(name).groupdict()  # type: ignore[union-attr]
+        patient = int(fields["patient"])
+        demo = demographics.get(patient, {})
+        index = 0
+        for lineno, start, end, crackle, wheeze in read_annotation(notes[stem]):
+            where = f"{rel(notes[stem])}:{lineno}"
+            if end <= start:
+                problems.append(Problem("empty_cycle", where,
+                                        f"cycle end {end} <= start {start}", "skipped"))
+                continue
+            if start >= info.duration:
+                problems.append(Problem(
+                    "cycle_past_end", where,
+                    f"cycle starts at {start} s, the recording lasts {info.duration:.3f} s",
+                    "skipped"))
+                continue
+            clamped += end > info.duration
+            rows.append({
+                "recording": name, "patient": patient, "rec_index": fields["rec_index"],
+                "location": fields["location"], "mode": fields["mode"],
+                "device": fields["device"], "split": split[name], "cycle": index,
+                "start": start, "end": end, "crackle": crackle, "wheeze": wheeze,
+                "label": crackle + 2 * wheeze, "label2": int(crackle or wheeze),
+                "path": str(wavs[stem].resolve()), "stored_as": stem,
+                "sample_rate": info.sample_rate,
+                "bits": info.bits, "channels": info.channels, "duration": info.duration,
+                "diagnosis": diagnosis.get(patient, math.nan),
+                **{k: demo.get(k, math.nan) for k in DEMOGRAPHIC_FIELDS},
+            })
+            index += 1
+
+    df = pd.DataFrame(rows, columns=list(CYCLE_COLUMNS))
+    df = df.astype({"patient": "int64", "cycle": "int64", "crackle": "int64", "wheeze": "int64",
+                    "label": "int64", "label2": "int64", "sample_rate": "int64",
+                    "channels": "int64", "start": "float64", "end": "float64",
+                    "duration": "float64", "age": "float64", "adult_bmi": "float64",
+                    "child_weight": "float64", "child_height": "float64"})
+    df.attrs.update(
+        root=str(data_root),
+        split_file=str(split_path),
+        synthetic=(data_root / SYNTHETIC_MARKER).is_file(),
+        renamed=dict(renamed),
+        problems=[asdict(p) for p in problems],
+        clamped_cycles=int(clamped),
+        ignored_files=ignored,
+        split_only=sorted(set(split) - {renamed.get(s, s) for s in wavs}),
+    )
+    return df
+
+
+def _map_renamed(stems: list[str], split: dict[str, str]) -> dict[str, str]:
+    """Stored names that are absent from the split file but match exactly one of its names up to
+    the device suffix (the dataset's 91 renamed recordings), mapped to that name."""
+    def key(name: str) -> str:
+        return name.rsplit("_", 1)[0]
+
+    on_disk = set(stems)
+    by_key: dict[str, list[str]] = {}
+    for name in split:
+        by_key.setdefault(key(name), []).append(name)
+    renamed = {}
+    for stem in stems:
+        if stem in split:
+            continue
+        candidates = [n for n in by_key.get(key(stem), []) if n not in on_disk]
+        if len(candidates) == 1:
+            renamed[stem] = candidates[0]
+    # two stored copies mapped onto one split name: keep neither mapping (reported as absent)
+    counts = Counter(renamed.values())
+    return {s: n for s, n in renamed.items() if counts[n] == 1}
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def summarize(df: pd.DataFrame) -> dict[str, Any]:
+    """Counts `patchmix data check` reports: recordings and cycles per split and class, devices,
+    sample rates, bit depths, patients, durations, renamed files and problems."""
+    splits = sorted(df["split"].unique(), key=["train", "val", "test"].index) if len(df) else []
+    recs = df.drop_duplicates("recording")
+    attrs = df.attrs
+
+    def per_split(frame: pd.DataFrame, column: str) -> dict[str, dict[str, int]]:
+        return {s: {str(k): int(v) for k, v in sorted(
+            frame[frame["split"] == s][column].value_counts().items())} for s in splits}
+
+    patients = {s: set(recs[recs["split"] == s]["patient"]) for s in splits}
+    shared = set.intersection(*patients.values()) if len(patients) > 1 else set()
+    durations = df["end"].clip(upper=df["duration"]) - df["start"]
+    return {
+        "root": attrs.get("root"),
+        "split_file": attrs.get("split_file"),
+        "synthetic": bool(attrs.get("synthetic", False)),
+        "recordings": {s: int((recs["split"] == s).sum()) for s in splits},
+        "cycles": {s: {c: int(((df["split"] == s) & (df["label"] == i)).sum())
+                       for i, c in enumerate(CLASSES)} for s in splits},
+        "total_cycles": int(len(df)),
+        "patients": {s: len(p) for s, p in patients.items()},
+        "patients_in_several_splits": sorted(int(p) for p in shared),
+        "devices": per_split(recs, "device"),
+        "sample_rates": per_split(recs, "sample_rate"),
+        "bit_depths": per_split(recs, "bits"),
+        "cycle_seconds": _describe(durations),
+        "renamed": len(attrs.get("renamed", {})),
+        "clamped_cycles": int(attrs.get("clamped_cycles", 0)),
+        "problems": list(attrs.get("problems", [])),
+        "ignored_files": list(attrs.get("ignored_files", [])),
+        "split_only": len(attrs.get("split_only", [])),
+    }
+
+
+def _describe(x: pd.Series) -> dict[str, float]:
+    if len(x) == 0:
+        return {}
+    q = np.quantile(x.to_numpy(), [0.0, 0.5, 1.0])
+    return {"min": round(float(q[0]), 3), "median": round(float(q[1]), 3),
+            "max": round(float(q[2]), 3), "over_8s": int((x > 8).sum())}
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def validation_split(df: pd.DataFrame, fraction: float = 0.2, seed: int = 0,
+                     tries: int = 256) -> pd.DataFrame:
+    """Carve a patient-grouped validation split out of ``train`` (rows get split ``"val"``).
+
+    Whole patients move, so no patient is in both train and val. Seeded random patient orders
+    are tried in turn; the first whose validation share is within 20 % of `fraction` and whose
+    class mix is within 0.2 (L1 distance of class proportions) of train's is kept — otherwise
+    the best of `tries`. Deterministic for a given seed; different seeds give different splits.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), not {fraction}")
+    train = df[df["split"] == "train"]
+    if train["patient"].nunique() < 2:
+        raise ValueError("need at least two training patients to carve a validation split")
+    counts = pd.crosstab(train["patient"], train["label"]).reindex(
+        columns=range(len(CLASSES)), fill_value=0)
+    patients = counts.index.to_numpy()
+    table = counts.to_numpy(dtype=float)  # (P, 4) cycles per patient and class
+    target = fraction * table.sum()
+    train_mix = table.sum(0) / table.sum()
+    rng = np.random.default_rng(seed)
+    best, best_cost = None, math.inf
+    for _ in range(tries):
+        order = rng.permutation(len(patients))
+        totals = np.cumsum(table[order].sum(1))
+        reach = int(np.searchsorted(totals, target)) + 1  # shortest prefix reaching the target
+        # the prefixes just below and just reaching the target; val and train both non-empty
+        for n in sorted({min(max(k, 1), len(patients) - 1) for k in (reach - 1, reach)}):
+            val = table[order[:n]].sum(0)
+            size_error = abs(val.sum() - target) / target
+            mix_error = np.abs(val / val.sum() - train_mix).sum()
+            ok = size_error <= 0.2 and mix_error <= 0.2
+            cost = size_error + mix_error + (0 if ok else 1)
+            if cost < best_cost:
+                best, best_cost = order[:n], cost
+        if best_cost <= 1:  # the first seeded order within both tolerances wins
+            break
+    out = df.copy()
+    val_patients = set(patients[best].tolist())
+    out.loc[(out["split"] == "train") & out["patient"].isin(val_patients), "split"] = "val"
+    return out
+
+
+def patient_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.Series:
+    """Assign every row a fold in ``0..n_folds-1`` so that each patient is in exactly one fold.
+
+    Patients are shuffled with `seed`, then placed largest first into the fold with the fewest
+    cycles, which keeps folds close in size.
+    """
+    if n_folds < 2:
+        raise ValueError("n_folds must be >= 2")
+    sizes = df.groupby("patient").size()
+    if len(sizes) < n_folds:
+        raise ValueError(f"{len(sizes)} patients cannot fill {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
+    order = sorted(order, key=lambda p: -sizes[p])  # stable: ties keep the seeded order
+    load = np.zeros(n_folds)
+    fold_of: dict[int, int] = {}
+    for p in order:
+        k = int(np.argmin(load))
+        fold_of[int(p)] = k
+        load[k] += sizes[p]
+    return df["patient"].map(fold_of).astype("int64").rename("fold")

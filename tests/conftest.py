@@ -1,0 +1,72 @@
+"""Shared fixtures: the real ICBHI-mini recordings and hand-made ICBHI-layout folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MINI = REPO.parent / "shared" / "data" / "icbhi-mini"
+
+
+@pytest.fixture(scope="session")
+def icbhi_mini() -> Path:
+    """The ten real ICBHI recordings: ``$ICBHI_ROOT`` or ``../shared/data/icbhi-mini``.
+
+    Skipped on a developer machine without them; in CI (``CI=true``) their absence fails.
+    """
+    root = Path(os.environ.get("ICBHI_ROOT") or DEFAULT_MINI)
+    if not (root / "ICBHI_final_database").is_dir():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the ICBHI-mini recordings at {root} (set ICBHI_ROOT)")
+        pytest.skip(f"no ICBHI-mini recordings at {root} (set ICBHI_ROOT)")
+    return root
+
+
+def write_wav(path: Path, seconds: float = 3.0, rate: int = 4000, subtype: str = "PCM_16",
+              channels: int = 1, seed: int = 0) -> Path:
+    """A short noise WAV (deterministic) with the given format."""
+    rng = np.random.default_rng(seed)
+    data = 0.3 * rng.standard_normal((int(seconds * rate), channels))
+    sf.write(str(path), data if channels > 1 else data[:, 0], rate, subtype=subtype)
+    return path
+
+
+MakeData = Callable[..., Path]
+
+
+@pytest.fixture
+def make_data(tmp_path: Path) -> MakeData:
+    """Build a small ICBHI-layout folder and return its root.
+
+    ``make_data({"101_1b1_Al_sc_Meditron": "train", ...}, annotations={name: text},
+    wav={name: dict(seconds=..., rate=..., subtype=..., channels=...)}, split_extra=[...],
+    stored_as={split name: name on disk}, skip_wav=[...], skip_txt=[...])``
+    """
+    def build(recordings: dict[str, str], *, annotations: dict[str, str] | None = None,
+              wav: dict[str, dict] | None = None, split_extra: Iterable[str] = (),
+              stored_as: dict[str, str] | None = None, skip_wav: Iterable[str] = (),
+              skip_txt: Iterable[str] = (), split_name: str = "ICBHI_challenge_train_test.txt",
+              root_name: str = "icbhi") -> Path:
+        root = tmp_path / root_name
+        rec = root / "ICBHI_final_database"
+        rec.mkdir(parents=True)
+        annotations, wav, stored_as = annotations or {}, wav or {}, stored_as or {}
+        for i, (name, _) in enumerate(recordings.items()):
+            disk = stored_as.get(name, name)
+            if name not in skip_wav:
+                write_wav(rec / f"{disk}.wav", seed=i, **wav.get(name, {}))
+            if name not in skip_txt:
+                text = annotations.get(name, "0.1\t1.2\t0\t0\n1.2\t2.5\t1\t0\n")
+                (rec / f"{disk}.txt").write_text(text)
+        (rec / "filename_format.txt").write_text("Elements contained in the filenames:\n")
+        lines = [f"{n}\t{s}" for n, s in recordings.items()] + list(split_extra)
+        (root / split_name).write_text("\n".join(lines) + "\n")
+        return root
+
+    return build
