@@ -1,0 +1,192 @@
+"""Kaldi filterbank features (PAPER.md §3 steps 5-6) and their on-disk cache.
+
+`fbank` turns 8 s cycles into normalised 798 × 128 log-mel images. `cycle_features` computes
+them for a whole cycle table once, in parallel worker processes, and keeps them in a
+memory-mapped ``.npy`` file keyed by the preprocessing config and the identity (name, size,
+mtime) of every source WAV, so that a second call opens the file without touching any audio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torchaudio.compliance.kaldi as kaldi
+from tqdm import tqdm
+
+from patchmix.audio import recording_cycles
+from patchmix.config import FeatureConfig, config_hash, to_dict
+
+CACHE_ENV = "PATCHMIX_CACHE"
+# fork starts workers in milliseconds and needs no `if __name__ == "__main__"` guard in the
+# caller's script; workers run single-threaded torch, as DataLoader workers do. Spawn elsewhere.
+_START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+CACHE_VERSION = 1  # bump when the cached computation changes in a way the config does not show
+
+
+def fbank(waveforms: torch.Tensor, cfg: FeatureConfig | None = None) -> torch.Tensor:
+    """Normalised Kaldi fbank of each waveform: (n, samples) → (n, frames, n_mels).
+
+    Exactly ``torchaudio.compliance.kaldi.fbank(x, htk_compat=True, sample_frequency=16000,
+    use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)``
+    per row, then ``(f - mean) / (2 · std)`` with the AudioSet statistics. For 8 s at 16 kHz
+    that is (n, 798, 128).
+    """
+    cfg = cfg or FeatureConfig()
+    if waveforms.ndim != 2:
+        raise ValueError(f"expected (n, samples), got shape {tuple(waveforms.shape)}")
+    out = [
+        kaldi.fbank(
+            w[None],  # (1, samples)
+            htk_compat=True,
+            sample_frequency=cfg.sample_rate,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=cfg.n_mels,
+            dither=0.0,
+            frame_shift=cfg.frame_shift_ms,
+            frame_length=cfg.frame_length_ms,
+        )
+        for w in waveforms.float()
+    ]  # n × (frames, n_mels)
+    if not out:
+        return torch.empty(0, cfg.n_frames, cfg.n_mels)
+    return (torch.stack(out) - cfg.norm_mean) / (2 * cfg.norm_std)
+
+
+def default_cache_dir() -> Path:
+    """``$PATCHMIX_CACHE`` if set, else ``~/.cache/patchmix``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "patchmix"
+
+
+def cache_key(cycles: pd.DataFrame, cfg: FeatureConfig) -> str:
+    """Hash of the preprocessing config and of each row's source (file name, size, mtime) and
+    cycle boundaries, in row order. Only `os.stat` is called: no audio is read."""
+    stats: dict[str, list[int]] = {}
+    for path in cycles["path"].unique():
+        st = os.stat(path)
+        stats[path] = [st.st_size, st.st_mtime_ns]
+    rows = [
+        [Path(p).name, *stats[p], repr(float(s)), repr(float(e))]
+        for p, s, e in zip(cycles["path"], cycles["start"], cycles["end"], strict=True)
+    ]
+    return config_hash({"version": CACHE_VERSION, "features": to_dict(cfg), "rows": rows}, 24)
+
+
+def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
+                   cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                   progress: bool = True) -> np.ndarray:
+    """Features of every row of a cycle table (from `patchmix.icbhi.read_icbhi`), cached.
+
+    Args:
+        cycles: needs columns ``path``, ``start``, ``end``; row i of the result is row i here.
+        cfg: preprocessing settings (the official recipe by default).
+        cache_dir: where the cache lives (`default_cache_dir()` by default).
+        workers: worker processes for a cold cache (default: all cores, at most one per
+            recording); 0 or 1 computes in this process.
+        progress: show a progress bar while computing.
+
+    Returns:
+        A read-only memory-mapped float32 array of shape (n, 798, 128) for the defaults.
+    """
+    cfg = cfg or FeatureConfig()
+    missing = {"path", "start", "end"} - set(cycles.columns)
+    if missing:
+        raise ValueError(f"the cycle table lacks columns {sorted(missing)}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    shape = (len(cycles), cfg.n_frames, cfg.n_mels)
+    key = cache_key(cycles, cfg)
+    final = cache / f"features-{key}.npy"
+    cached = _open_cached(final, shape)
+    if cached is not None:
+        return cached
+
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{final.name}.{uuid.uuid4().hex}.partial"
+    np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape).flush()
+    groups = _recording_groups(cycles)
+    n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(groups))
+    started = time.perf_counter()
+    try:
+        bar = tqdm(total=len(cycles), desc="features", unit="cycle", disable=not progress)
+        with bar:
+            if n_workers <= 1:
+                for job in groups:
+                    bar.update(_fill(str(partial), *job, cfg))
+            else:
+                ctx = get_context(_START_METHOD)
+                with ProcessPoolExecutor(n_workers, mp_context=ctx,
+                                         initializer=torch.set_num_threads,
+                                         initargs=(1,)) as pool:
+                    futures = [pool.submit(_fill, str(partial), *job, cfg) for job in groups]
+                    for future in as_completed(futures):
+                        bar.update(future.result())
+        _fsync(partial)
+        meta = {"key": key, "shape": list(shape), "features": to_dict(cfg),
+                "recordings": len(groups), "seconds": round(time.perf_counter() - started, 3)}
+        _write_json_atomic(final.with_suffix(".json"), meta)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    result = _open_cached(final, shape)
+    assert result is not None, f"{final} was written but cannot be read back"
+    return result
+
+
+def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array if it exists with the expected shape; a damaged file is removed."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError):
+        array = None
+    if array is None or array.shape != shape or array.dtype != np.float32:
+        path.unlink(missing_ok=True)
+        return None
+    return array
+
+
+def _recording_groups(cycles: pd.DataFrame) -> list[tuple[str, list[int], list[float],
+                                                          list[float]]]:
+    """(path, row positions, starts, ends) per recording, largest first (better load balance)."""
+    positions = pd.Series(np.arange(len(cycles)), index=cycles.index)
+    groups = []
+    for path, frame in cycles.groupby("path", sort=True):
+        groups.append((str(path), positions[frame.index].tolist(),
+                       frame["start"].astype(float).tolist(), frame["end"].astype(float).tolist()))
+    return sorted(groups, key=lambda g: -len(g[1]))
+
+
+def _fill(array_path: str, wav_path: str, rows: Sequence[int], starts: Sequence[float],
+          ends: Sequence[float], cfg: FeatureConfig) -> int:
+    """Compute one recording's cycles and write them into their rows of the array."""
+    feats = fbank(recording_cycles(wav_path, starts, ends, cfg), cfg)  # (k, frames, mels)
+    array = np.load(array_path, mmap_mode="r+")
+    array[np.asarray(rows)] = feats.numpy()
+    array.flush()
+    del array
+    return len(rows)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
