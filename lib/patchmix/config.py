@@ -71,3 +71,57 @@ def config_hash(obj: Any, length: int = 16) -> str:
         obj = {"__class__": type(obj).__name__, **to_dict(obj)}
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+PosEmbedRule = Literal["ast", "official"]
+Weights = Literal["none", "imagenet", "audioset"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Geometry and initialisation of the Audio Spectrogram Transformer (PAPER.md §4).
+
+    The defaults are the ``paper`` geometry: DeiT-base distilled (768-d, 12 layers, 12 heads),
+    16 × 16 patches with stride 10 on the 128 mel × 798 frame image → 12 × 79 = 948 tokens.
+    CPU profiles use smaller widths/depths and may use a larger stride.
+    """
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    stride: int = 10  # the same in frequency and time
+    n_mels: int = 128
+    n_frames: int = 798
+    n_classes: int = 4
+    # "ast": the AST rule (keep the 12 rows, cut the middle time columns); "official": the
+    # official code's swapped-dimension adaptation (PAPER.md §4), needed for the published numbers
+    pos_embed: PosEmbedRule = "ast"
+    weights: Weights = "none"  # "imagenet": DeiT; "audioset": ImageNet + AudioSet AST
+    imagenet_checkpoint: str = ""  # local DeiT file; "" → timm's download (online only)
+    audioset_checkpoint: str = ""  # local audioset_10_10_0.4593.pth (official key format)
+
+    def __post_init__(self) -> None:
+        if self.pos_embed not in ("ast", "official"):
+            raise ValueError(f"pos_embed must be 'ast' or 'official', not {self.pos_embed!r}")
+        if self.weights not in ("none", "imagenet", "audioset"):
+            raise ValueError(f"weights must be 'none', 'imagenet' or 'audioset', "
+                             f"not {self.weights!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        if min(self.n_mels, self.n_frames) < self.patch_size:
+            raise ValueError("the input is smaller than one patch")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (frequency rows, time columns): (12, 79) for the paper geometry."""
+        return ((self.n_mels - self.patch_size) // self.stride + 1,
+                (self.n_frames - self.patch_size) // self.stride + 1)
+
+    @property
+    def n_tokens(self) -> int:
+        """Patch tokens (948 for the paper geometry), CLS and DIST not counted."""
+        f, t = self.grid
+        return f * t
