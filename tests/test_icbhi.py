@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -255,3 +256,48 @@ def test_patient_folds_keep_patients_whole_and_balanced():
     assert folds.equals(patient_folds(df, n_folds=5, seed=1))
     with pytest.raises(ValueError, match="cannot fill"):
         patient_folds(df, n_folds=11)
+
+
+# ---------------------------------------------------------------- the full data set's layout
+
+
+def test_all_920_split_names_with_the_91_renamed_files(icbhi_mini, tmp_path):
+    """Every recording of the real split file, the 91 of filename_differences.txt stored under
+    their old device name as in the download: nothing is dropped, devices count as PAPER.md §2."""
+    import soundfile as sf
+
+    split_text = (icbhi_mini / "ICBHI_challenge_train_test.txt").read_text()
+    old_names = [n.strip().strip("'") for n in (
+        icbhi_mini / "ICBHI_final_database" / "filename_differences.txt").read_text().split()]
+    old_by_key = {n.rsplit("_", 1)[0]: n for n in old_names}
+    rec = tmp_path / "ICBHI_final_database"
+    rec.mkdir()
+    (tmp_path / "ICBHI_challenge_train_test.txt").write_text(split_text)
+    silence = np.zeros(4000, dtype=np.int16)
+    for line in split_text.split("\n"):
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        disk = old_by_key.get(name.rsplit("_", 1)[0], name)
+        sf.write(str(rec / f"{disk}.wav"), silence, 4000, subtype="PCM_16")
+        (rec / f"{disk}.txt").write_text("0.1\t0.6\t0\t0\n")
+    df = read_icbhi(tmp_path)
+    s = summarize(df)
+    assert len(old_names) == 91
+    assert s["recordings"] == {"train": 539, "test": 381}
+    assert s["renamed"] == 91 and s["problems"] == [] and s["split_only"] == 0
+    devices = df.drop_duplicates("recording")["device"].value_counts().to_dict()
+    assert devices == {"AKGC417L": 646, "Meditron": 127, "LittC2SE": 87, "Litt3200": 60}
+    assert s["patients_in_several_splits"] == [156, 218]
+
+
+@pytest.mark.skipif(not os.environ.get("ICBHI_FULL_ROOT"),
+                    reason="set ICBHI_FULL_ROOT to a full ICBHI 2017 download to run")
+def test_full_icbhi_counts_equal_paper_section_2():
+    s = summarize(read_icbhi(os.environ["ICBHI_FULL_ROOT"]))
+    assert s["recordings"] == {"train": 539, "test": 381}
+    assert s["cycles"] == {
+        "train": {"normal": 2063, "crackle": 1215, "wheeze": 501, "both": 363},
+        "test": {"normal": 1579, "crackle": 649, "wheeze": 385, "both": 143},
+    }
+    assert s["total_cycles"] == 6898 and s["patients_in_several_splits"] == [156, 218]
