@@ -73,18 +73,27 @@ import numpy as np
 import soundfile as sf
 from scipy import fft as sp_fft
 
+from patchmix.icbhi import (
+    CLASSES,
+    DEMOGRAPHICS_FILE_NAMES,
+    DIAGNOSIS_FILE_NAMES,
+    RECORDINGS_DIR_NAMES,
+    SPLIT_FILE_NAMES,
+    SYNTHETIC_MARKER,
+)
+
 __all__ = ["VERSION", "SynthSummary", "make_synthetic_icbhi"]
 
 VERSION = "1.0.0"
 """Version of the generator: bump it whenever the same seed would give different bytes."""
 
 GENERATOR = "patchmix.synth"
-CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
-RECORDINGS_DIR = "ICBHI_final_database"
-SPLIT_FILE = "ICBHI_challenge_train_test.txt"
-DIAGNOSIS_FILE = "ICBHI_challenge_diagnosis.txt"
-DEMOGRAPHICS_FILE = "ICBHI_Challenge_demographic_information.txt"
-MARKER_FILE = "synthetic.json"
+# The download's names, as the reader looks for them (first of each list).
+RECORDINGS_DIR = RECORDINGS_DIR_NAMES[0]
+SPLIT_FILE = SPLIT_FILE_NAMES[0]
+DIAGNOSIS_FILE = DIAGNOSIS_FILE_NAMES[0]
+DEMOGRAPHICS_FILE = DEMOGRAPHICS_FILE_NAMES[0]
+MARKER_FILE = SYNTHETIC_MARKER
 TOP_FILES: tuple[str, ...] = (SPLIT_FILE, DIAGNOSIS_FILE, DEMOGRAPHICS_FILE, "README.md",
                               MARKER_FILE)
 
