@@ -125,3 +125,184 @@ class ModelConfig:
         """Patch tokens (948 for the paper geometry), CLS and DIST not counted."""
         f, t = self.grid
         return f * t
+
+
+Method = Literal["ce", "weighted_ce", "specaug", "mixup", "cutmix", "patchmix_ce", "patchmix_cl"]
+METHODS: tuple[str, ...] = (
+    "ce", "weighted_ce", "specaug", "mixup", "cutmix", "patchmix_ce", "patchmix_cl")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The training objective (PAPER.md §5-§6) and its knobs."""
+
+    name: Method = "patchmix_cl"
+    spec_augment: bool = False  # SpecAugment on training batches; always on for "specaug"
+    specaug_gate: Literal["official", "always"] = "official"  # official: fires on ~84 %
+    mix_beta: float = 1.0  # λ ~ Beta(β, β) for Mixup, CutMix and Patch-Mix
+    mix_mode: Literal["random", "time"] = "random"  # Patch-Mix positions or time columns
+    temperature: float = 0.06  # τ of the contrastive loss
+    alpha: float = 1.0  # total loss = CE + α · L_CL
+    target_type: Literal["grad_block", "grad_flow", "project_block", "project_flow"] = (
+        "grad_block")
+    negatives: Literal["all", "diff_label"] = "all"
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; choose from {', '.join(METHODS)}")
+        if self.mix_beta <= 0 or self.temperature <= 0 or self.alpha < 0:
+            raise ValueError("mix_beta and temperature must be positive, alpha >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cycles come from and how train is split for the honest `val` protocol."""
+
+    root: str = ""  # ICBHI-layout folder; "" → $ICBHI_ROOT, else data/synthetic
+    val_fraction: float = 0.2  # patient-grouped validation carved from train; 0 → no val split
+    val_seed: int = 0
+    features: FeatureConfig = FeatureConfig()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (PAPER.md §6): Adam with coupled L2, per-epoch cosine, ma_update."""
+
+    epochs: int = 50
+    batch_size: int = 8  # drop_last, as the official loader
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    min_lr: float = 5e-8  # η_min of the cosine schedule
+    weight_decay: float = 1e-6  # Adam's coupled L2 (not AdamW)
+    ma_beta: float = 0.5  # after each step: w ← β·w_old + (1−β)·w_new; 0 disables
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_steps_per_epoch: int = 0  # 0: the whole training set every epoch
+    threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
+            raise ValueError("epochs >= 1, batch_size >= 2 and eval_batch_size >= 1 are needed")
+        if not 0.0 <= self.ma_beta < 1.0:
+            raise ValueError(f"ma_beta must be in [0, 1), not {self.ma_beta}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that decides a training run; its hash names the run's cache folder."""
+
+    profile: str = "paper"
+    seed: int = 1
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+
+
+PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
+
+
+def profile(name: str) -> ExperimentConfig:
+    """A named profile (DESIGN.md, Profiles).
+
+    - ``paper``: PAPER.md §4-§6 exactly: AST-base with ImageNet + AudioSet weights (set
+      ``model.audioset_checkpoint``), the official positional-embedding quirk, SpecAugment with the
+      official gate on every method, Adam 5e-5, batch 8, 50 epochs, ma_beta 0.5, trained on the
+      whole official train split (``val_fraction=0``: the `val` protocol needs ``data.val_fraction``
+      > 0). A GPU job.
+    - ``demo``: the same 798 × 128 features, a small AST (192-d, 4 layers, stride 16 → 8 × 49
+      tokens) trained from scratch with a higher learning rate; a 20 % patient-grouped
+      validation split. About 6.5 minutes per Patch-Mix CL run on 2 CPU cores (100 recordings).
+    - ``smoke``: a tiny AST (32-d, 1 layer, stride 32), 2 epochs of 3 steps: seconds, for tests.
+    """
+    if name == "paper":
+        return ExperimentConfig(
+            profile="paper",
+            data=DataConfig(val_fraction=0.0),
+            model=ModelConfig(weights="audioset", pos_embed="official"),
+            method=MethodConfig(spec_augment=True),
+        )
+    if name == "demo":
+        return ExperimentConfig(
+            profile="demo",
+            model=ModelConfig(embed_dim=192, depth=4, num_heads=3, stride=16),
+            method=MethodConfig(),
+            train=TrainConfig(epochs=12, batch_size=16, lr=5e-4, min_lr=1e-6),
+        )
+    if name == "smoke":
+        return ExperimentConfig(
+            profile="smoke",
+            model=ModelConfig(embed_dim=32, depth=1, num_heads=2, stride=32),
+            train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, min_lr=1e-5,
+                              max_steps_per_epoch=3),
+        )
+    raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> Any:
+    """A copy of `cfg` with ``key=value`` overrides applied and validated.
+
+    Keys are dotted paths (``train.epochs=3``, ``method.name=ce``, ``data.features.pad=zero``) or
+    a bare field name when it is unique (``epochs=3``). Values are parsed to the field's type;
+    an unknown key or a bad value is a ValueError naming it.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        path = _resolve_key(cfg, key.strip())
+        cfg = _replace_path(cfg, path, text.strip(), key)
+    return cfg
+
+
+def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            paths += _field_paths(value, prefix + (f.name,))
+        else:
+            paths.append(prefix + (f.name,))
+    return paths
+
+
+def _resolve_key(cfg: Any, key: str) -> tuple[str, ...]:
+    paths = _field_paths(cfg)
+    parts = tuple(key.split("."))
+    if parts in paths:
+        return parts
+    matches = [p for p in paths if p[-len(parts):] == parts]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        names = ", ".join(".".join(m) for m in matches)
+        raise ValueError(f"override key {key!r} is ambiguous: {names}")
+    raise ValueError(f"unknown override key {key!r}")
+
+
+def _replace_path(obj: Any, path: tuple[str, ...], text: str, key: str) -> Any:
+    name = path[0]
+    if len(path) > 1:
+        return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), path[1:],
+                                                                 text, key)})
+    current = getattr(obj, name)
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value: Any = text.lower() in ("true", "1", "yes")
+        elif isinstance(current, int):
+            value = int(text)
+        elif isinstance(current, float):
+            value = float(text)
+        else:
+            value = text
+        return dataclasses.replace(obj, **{name: value})
+    except (ValueError, TypeError) as err:
+        detail = f": {err}" if str(err) else ""
+        raise ValueError(f"bad value {text!r} for {key} "
+                         f"(expected {type(current).__name__}){detail}") from None
