@@ -46,7 +46,7 @@ def test_profiles_and_overrides():
     assert config_hash(cfg) != config_hash(profile("demo"))
     for bad, message in ((["nope=1"], "unknown override key 'nope'"),
                          (["epochs=x"], "bad value 'x' for epochs"),
-                         (["method.name=svm"], "unknown method 'svm'"),
+                         (["method.name=svm"], r"bad override \(method.name\): unknown method"),
                          (["epochs"], "not key=value")):
         with pytest.raises(ValueError, match=message):
             with_overrides(cfg, bad)
@@ -97,3 +97,10 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(smoke_data, tmp_
     other = fit(with_overrides(cfg, ["seed=2"]), data, tmp_path / "d", progress=False)
     assert (tmp_path / "d" / "metrics.jsonl").read_text() != history_a
     assert other["seed"] == 2
+
+
+def test_overrides_of_one_section_apply_together():
+    cfg = with_overrides(profile("demo"), ["embed_dim=128", "num_heads=4"])
+    assert (cfg.model.embed_dim, cfg.model.num_heads) == (128, 4)
+    with pytest.raises(ValueError, match="embed_dim 128 is not divisible by num_heads 3"):
+        with_overrides(profile("demo"), ["embed_dim=128"])

@@ -247,16 +247,22 @@ def with_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]
     """A copy of `cfg` with ``key=value`` overrides applied and validated.
 
     Keys are dotted paths (``train.epochs=3``, ``method.name=ce``, ``data.features.pad=zero``) or
-    a bare field name when it is unique (``epochs=3``). Values are parsed to the field's type;
-    an unknown key or a bad value is a ValueError naming it.
+    a bare field name when it is unique (``epochs=3``). Values are parsed to the field's type.
+    The overrides of one section are applied together, so ``embed_dim=128 num_heads=4`` is valid
+    even though 128 is not divisible by the default 3 heads of ``demo``. An unknown key or a bad
+    value is a ValueError naming it.
     """
+    tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
-        path = _resolve_key(cfg, key.strip())
-        cfg = _replace_path(cfg, path, text.strip(), key)
-    return cfg
+        *parents, leaf = _resolve_key(cfg, key.strip())
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = (key.strip(), text.strip())
+    return _apply(cfg, tree)
 
 
 def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -284,25 +290,33 @@ def _resolve_key(cfg: Any, key: str) -> tuple[str, ...]:
     raise ValueError(f"unknown override key {key!r}")
 
 
-def _replace_path(obj: Any, path: tuple[str, ...], text: str, key: str) -> Any:
-    name = path[0]
-    if len(path) > 1:
-        return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), path[1:],
-                                                                 text, key)})
-    current = getattr(obj, name)
+def _apply(obj: Any, tree: dict[str, Any]) -> Any:
+    """`obj` with the fields of `tree` replaced in one go (sub-dicts: nested dataclasses)."""
+    changes = {}
+    for name, node in tree.items():
+        if isinstance(node, dict):
+            changes[name] = _apply(getattr(obj, name), node)
+        else:
+            changes[name] = _parse(getattr(obj, name), *node)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except (ValueError, TypeError) as err:
+        keys = ", ".join(n[0] for n in tree.values() if not isinstance(n, dict))
+        raise ValueError(f"bad override ({keys}): {err}") from None
+
+
+def _parse(current: Any, key: str, text: str) -> Any:
+    """`text` parsed to the type of the field's current value."""
     try:
         if isinstance(current, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
-            value: Any = text.lower() in ("true", "1", "yes")
-        elif isinstance(current, int):
-            value = int(text)
-        elif isinstance(current, float):
-            value = float(text)
-        else:
-            value = text
-        return dataclasses.replace(obj, **{name: value})
-    except (ValueError, TypeError) as err:
-        detail = f": {err}" if str(err) else ""
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        return text
+    except ValueError:
         raise ValueError(f"bad value {text!r} for {key} "
-                         f"(expected {type(current).__name__}){detail}") from None
+                         f"(expected {type(current).__name__})") from None
