@@ -104,3 +104,10 @@ def test_overrides_of_one_section_apply_together():
     assert (cfg.model.embed_dim, cfg.model.num_heads) == (128, 4)
     with pytest.raises(ValueError, match="embed_dim 128 is not divisible by num_heads 3"):
         with_overrides(profile("demo"), ["embed_dim=128"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(smoke_data, tmp_path):
+    cfg, data = smoke_data
+    fit(with_overrides(cfg, ["epochs=2"]), data, tmp_path, progress=False, stop_after_epoch=1)
+    with pytest.raises(ValueError, match="belongs to another configuration"):
+        fit(with_overrides(cfg, ["epochs=2", "lr=0.01"]), data, tmp_path, progress=False)

@@ -242,6 +242,9 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
     checkpoint = out / "last.pt"
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved["config"] != to_dict(cfg):
+            raise ValueError(f"{checkpoint} belongs to another configuration: use another "
+                             "output folder or delete it")
         run.load_state(saved["state"])
         history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
     _write_json(out / "config.json", to_dict(cfg))
