@@ -111,3 +111,33 @@ def test_resume_refuses_a_checkpoint_of_another_config(smoke_data, tmp_path):
     fit(with_overrides(cfg, ["epochs=2"]), data, tmp_path, progress=False, stop_after_epoch=1)
     with pytest.raises(ValueError, match="belongs to another configuration"):
         fit(with_overrides(cfg, ["epochs=2", "lr=0.01"]), data, tmp_path, progress=False)
+
+
+def test_run_cache_returns_without_training_and_seeds_aggregate(smoke_data, tmp_path,
+                                                               monkeypatch):
+    from patchmix import experiment
+
+    cfg, data = smoke_data
+    cfg = with_overrides(cfg, ["epochs=1", "method.name=ce"])
+    first = experiment.run(cfg, data=data, root=tmp_path, progress=False)
+    assert first["cached"] is False and first["finished"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(experiment, "fit", no_training)
+    again = experiment.run(cfg, data=data, root=tmp_path, progress=False)
+    assert again["cached"] is True and again["protocols"] == first["protocols"]
+    assert again["run_dir"] == first["run_dir"]
+    with pytest.raises(AssertionError, match="must not train"):  # another config: trains
+        experiment.run(with_overrides(cfg, ["lr=0.002"]), data=data, root=tmp_path)
+
+    monkeypatch.undo()
+    table = experiment.run_seeds(cfg, [1, 2], data=data, root=tmp_path, progress=False)
+    assert set(table["seed"]) == {1, 2} and {"last", "val"} <= set(table["protocol"])
+    assert len({p for p in table["run_dir"]}) == 2  # seed 1 reused, seed 2 trained
+    summary = experiment.aggregate(table)
+    last = summary[summary.protocol == "last"].iloc[0]
+    scores = table[table.protocol == "last"]["score"]
+    assert last["seeds"] == 2 and math.isclose(last["score_mean"], scores.mean())
+    assert math.isclose(last["score_sd"], scores.std(ddof=1), abs_tol=1e-12)

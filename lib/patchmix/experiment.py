@@ -1,0 +1,87 @@
+"""Cached experiments: what notebooks and the command line call.
+
+`run(cfg)` trains a configuration once and keeps it under ``runs/<hash>/``, the hash covering
+the whole configuration and the identity of the data (every source WAV's name, size and mtime,
+the cycle boundaries and the split); calling it again returns the stored summary without
+training, and an interrupted run resumes. `run_seeds` repeats a configuration over seeds and
+`aggregate` reduces the per-seed table to mean ± sd per protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from patchmix.config import ExperimentConfig, config_hash, to_dict
+from patchmix.features import cache_key
+from patchmix.train import Data, fit, load_data
+
+RUNS_ENV = "PATCHMIX_RUNS"
+
+
+def runs_dir() -> Path:
+    """``$PATCHMIX_RUNS`` if set, else ``runs/`` in the working directory."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def run_key(cfg: ExperimentConfig, data: Data) -> str:
+    """The run's cache name: hash of the configuration and of the data's identity."""
+    return config_hash({"config": to_dict(cfg),
+                        "data": cache_key(data.cycles, cfg.data.features)})
+
+
+def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathLike | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` unless a finished run of it is cached; return its summary.
+
+    The summary (``summary.json`` of `patchmix.train.fit`) gains ``run_dir`` and ``cached``
+    (True when nothing was trained). Pass `data` to reuse features already loaded.
+    """
+    data = data if data is not None else load_data(cfg.data, progress=progress)
+    out = Path(root) if root is not None else runs_dir()
+    out = out / run_key(cfg, data)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        return {**summary, "run_dir": str(out), "cached": True}
+    summary = fit(cfg, data, out, progress=progress)
+    return {**summary, "run_dir": str(out), "cached": False}
+
+
+def run_seeds(cfg: ExperimentConfig, seeds: Iterable[int], *, data: Data | None = None,
+              root: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+    """`run` for each seed; a tidy table with one row per seed × protocol.
+
+    Columns: ``profile, method, seed, protocol, epoch, sp, se, score`` and one ``recall_<class>``
+    per class, plus ``run_dir`` and ``synthetic``.
+    """
+    data = data if data is not None else load_data(cfg.data, progress=progress)
+    rows = []
+    for seed in seeds:
+        summary = run(dataclasses.replace(cfg, seed=int(seed)), data=data, root=root,
+                      progress=progress)
+        for protocol, result in summary["protocols"].items():
+            rows.append({
+                "profile": cfg.profile, "method": cfg.method.name, "seed": int(seed),
+                "protocol": protocol, "epoch": result["epoch"], "sp": result["sp"],
+                "se": result["se"], "score": result["score"],
+                **{f"recall_{c}": r for c, r in result["per_class_recall"].items()},
+                "synthetic": summary["synthetic"], "run_dir": summary["run_dir"],
+            })
+    return pd.DataFrame(rows)
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample sd (ddof=1; NaN for one seed) of Sp/Se/Score per method × protocol."""
+    metrics = ["sp", "se", "score"]
+    grouped = table.groupby(["profile", "method", "protocol"], sort=False)
+    out = grouped[metrics].agg(["mean", "std"])
+    out.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in out.columns]
+    out["seeds"] = grouped["seed"].nunique()
+    return out.reset_index()
