@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,70 @@ def test_synth_then_check_reads_the_synthetic_set_unchanged(tmp_path, capsys):
         "4000", "44100"}
     assert all(report["cycles"][s][c] > 0 for s in ("train", "test")
                for c in ("normal", "crackle", "wheeze", "both"))
+
+
+@pytest.fixture(scope="module")
+def trained_smoke_run(tmp_path_factory):
+    """A 2-epoch smoke run on a small synthetic set, trained through the command line."""
+    from patchmix.synth import make_synthetic_icbhi
+
+    base = tmp_path_factory.mktemp("roundtrip")
+    make_synthetic_icbhi(base / "data", 24, seed=5)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PATCHMIX_CACHE", str(base / "cache"))
+    code = main(["train", "--profile", "smoke", "--method", "patchmix_cl", "--seed", "3",
+                 "--data", str(base / "data"), "--out", str(base / "run"), "--quiet",
+                 "epochs=2"])
+    yield base, code
+    mp.undo()
+
+
+def test_train_evaluate_predict_round_trip(trained_smoke_run, capsys):
+    base, code = trained_smoke_run
+    assert code == 0
+    assert (base / "run" / "final.pt").is_file() and (base / "run" / "summary.json").is_file()
+    summary = json.loads((base / "run" / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["method"] == "patchmix_cl" and summary["epochs"] == 2
+
+    code, out, err = run(capsys, "evaluate", str(base / "run" / "final.pt"), "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["synthetic"] is True
+    last = summary["protocols"]["last"]  # the final model is the last epoch's
+    assert math.isclose(scores["score"], last["score"]) and scores["confusion"] == last["confusion"]
+
+    rec = base / "data" / "ICBHI_final_database"
+    wav = sorted(rec.glob("*.wav"))[0]
+    code, out, err = run(capsys, "predict", str(base / "run" / "final.pt"), str(wav),
+                         "--annotations", str(wav.with_suffix(".txt")))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    n_cycles = len(wav.with_suffix(".txt").read_text().split("\n")) - 1
+    assert len(lines) == 1 + n_cycles and lines[0].split()[:2] == ["start", "end"]
+    probs = [float(v) for v in lines[1].split()[2:6]]
+    assert math.isclose(sum(probs), 1.0, abs_tol=2e-3)
+    code, out, _ = run(capsys, "predict", str(base / "run" / "final.pt"), str(wav))
+    duration = __import__("soundfile").info(str(wav)).duration
+    assert code == 0 and len(out.strip().splitlines()) == 1 + math.ceil(duration / 8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--profile", "smoke", "--data", "{tmp}/none"], "none: no such data folder"),
+    (["train", "--profile", "smoke", "--method", "svm"], "unknown method 'svm'"),
+    (["train", "--profile", "smoke", "frobnicate=1"], "unknown override key 'frobnicate'"),
+    (["train", "--profile", "huge"], "unknown profile 'huge'"),
+    (["evaluate", "{tmp}/junk.pt"], "not a readable checkpoint"),
+    (["evaluate", "{tmp}/other.pt"], "weights do not fit the model geometry"),
+    (["predict", "{tmp}/missing.pt", "x.wav"], "no such checkpoint"),
+])
+def test_train_evaluate_predict_bad_input(trained_smoke_run, tmp_path, capsys, argv, message):
+    import torch
+
+    base, _ = trained_smoke_run
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    saved = torch.load(base / "run" / "final.pt", weights_only=False)
+    saved["config"]["model"]["embed_dim"] = 64  # a checkpoint of another geometry
+    torch.save(saved, tmp_path / "other.pt")
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+import numpy as np
+
 from patchmix import __version__
 
 
@@ -52,6 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: all cores)")
 
+    train = commands.add_parser("train", help="train one run (cached under runs/ by default)")
+    train.add_argument("--profile", default="demo", help="smoke | demo | paper (default demo)")
+    train.add_argument("--method", help="ce | weighted_ce | specaug | mixup | cutmix | "
+                                        "patchmix_ce | patchmix_cl")
+    train.add_argument("--seed", type=int, help="run seed")
+    train.add_argument("--data", help="data root (default $ICBHI_ROOT, else data/synthetic)")
+    train.add_argument("--out", help="train into this folder instead of the run cache")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="config overrides, e.g. epochs=3 train.lr=1e-4")
+
+    evaluate = commands.add_parser("evaluate", help="score a trained checkpoint on the test split")
+    evaluate.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
+    evaluate.add_argument("--data", help="data root (default: the one the run used)")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+
+    predict = commands.add_parser("predict", help="class probabilities of each cycle of a WAV")
+    predict.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
+    predict.add_argument("wav", help="a recording")
+    predict.add_argument("--annotations", help="its cycle annotation file; without one, "
+                                               "fixed 8 s windows")
+
     synth = commands.add_parser("synth", help="write a synthetic data set in ICBHI's layout")
     synth.add_argument("out", help="output folder (created; a previous synthetic set is replaced)")
     synth.add_argument("--recordings", type=int, default=100, help="number of recordings")
@@ -73,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data_features(args)
         if args.command == "synth":
             return _synth(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "predict":
+            return _predict(args)
         parser.print_help()
         return 0 if args.command is None else 2
     except (_OneLineError, DataError, ValueError, OSError) as err:
@@ -115,6 +145,81 @@ def _synth(args: argparse.Namespace) -> int:
     summary = make_synthetic_icbhi(args.out, args.recordings, args.seed, progress=not args.quiet)
     print(f"wrote {summary.recordings} synthetic recordings of {summary.patients} patients "
           f"({sum(summary.cycles.values())} cycles) to {args.out} in {summary.seconds:.1f} s")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from patchmix.config import profile, with_overrides
+    from patchmix.experiment import run
+    from patchmix.train import fit, load_data
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.method, "method.name"), (args.seed, "seed"), (args.data, "data.root")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = with_overrides(profile(args.profile), overrides)
+    data = load_data(cfg.data, progress=not args.quiet)
+    if args.out:
+        summary = {**fit(cfg, data, args.out, progress=not args.quiet), "run_dir": args.out}
+    else:
+        summary = run(cfg, data=data, progress=not args.quiet)
+    origin = "SYNTHETIC data" if summary["synthetic"] else "data"
+    print(f"{cfg.profile}/{cfg.method.name} seed {cfg.seed} on {origin} {summary['data']} "
+          f"({summary['weights']} weights) → {summary['run_dir']}")
+    for protocol, r in summary["protocols"].items():
+        print(f"  {protocol:<10} epoch {r['epoch']:>3}  Sp {r['sp']:6.2f}  Se {r['se']:6.2f}  "
+              f"Score {r['score']:6.2f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from patchmix.experiment import load_trained
+    from patchmix.metrics import format_scores, icbhi_scores
+    from patchmix.train import load_data, predict_proba
+
+    model, cfg = load_trained(args.checkpoint)
+    data_cfg = dataclasses.replace(cfg.data, root=args.data) if args.data else cfg.data
+    data = load_data(data_cfg, progress=False)
+    rows = data.rows("test")
+    probs = predict_proba(model, data.features, rows, cfg.train.eval_batch_size)
+    scores = icbhi_scores(data.cycles["label"].to_numpy()[rows], probs.argmax(1))
+    if args.json:
+        print(json.dumps({**scores, "data": data.root, "synthetic": data.synthetic}, indent=2))
+    else:
+        origin = "SYNTHETIC " if data.synthetic else ""
+        print(f"{len(rows)} {origin}test cycles of {data.root}: {format_scores(scores)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from patchmix.audio import recording_cycles
+    from patchmix.experiment import load_trained
+    from patchmix.features import fbank
+    from patchmix.icbhi import CLASSES, read_annotation, wav_info
+    from patchmix.train import predict_proba
+
+    model, cfg = load_trained(args.checkpoint)
+    feats_cfg = cfg.data.features
+    if args.annotations:
+        cycles = read_annotation(args.annotations)
+        starts, ends = [c[1] for c in cycles], [c[2] for c in cycles]
+        truth = [CLASSES[c[3] + 2 * c[4]] for c in cycles]
+    else:
+        duration = wav_info(args.wav).duration
+        starts = [k * feats_cfg.cycle_seconds for k in range(
+            max(1, int(-(-duration // feats_cfg.cycle_seconds))))]
+        ends = [min(s + feats_cfg.cycle_seconds, duration) for s in starts]
+        truth = []
+    x = fbank(recording_cycles(args.wav, starts, ends, feats_cfg), feats_cfg).numpy()
+    probs = predict_proba(model, x, np.arange(len(x)), cfg.train.eval_batch_size)
+    names = CLASSES[:probs.shape[1]]
+    print(f"{'start':>8}{'end':>8}" + "".join(f"{n:>9}" for n in names) + f"  {'predicted':<10}"
+          + ("true" if truth else ""))
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        print(f"{s:8.3f}{e:8.3f}" + "".join(f"{p:9.3f}" for p in probs[i])
+              + f"  {names[int(probs[i].argmax())]:<10}" + (truth[i] if truth else ""))
     return 0
 
 

@@ -320,3 +320,16 @@ def _parse(current: Any, key: str, text: str) -> Any:
     except ValueError:
         raise ValueError(f"bad value {text!r} for {key} "
                          f"(expected {type(current).__name__})") from None
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Inverse of `to_dict` for an `ExperimentConfig` (e.g. the one stored in a checkpoint)."""
+    try:
+        data = dict(d["data"])
+        data["features"] = FeatureConfig(**data["features"])
+        return ExperimentConfig(profile=d["profile"], seed=d["seed"], data=DataConfig(**data),
+                                model=ModelConfig(**d["model"]),
+                                method=MethodConfig(**d["method"]),
+                                train=TrainConfig(**d["train"]))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a patchmix experiment configuration ({err})") from None

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from patchmix.config import ExperimentConfig, config_hash, to_dict
+from patchmix.config import ExperimentConfig, config_from_dict, config_hash, to_dict
 from patchmix.features import cache_key
+from patchmix.model import AST
 from patchmix.train import Data, fit, load_data
 
 RUNS_ENV = "PATCHMIX_RUNS"
@@ -85,3 +87,29 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     out.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in out.columns]
     out["seeds"] = grouped["seed"].nunique()
     return out.reset_index()
+
+
+def load_trained(path: str | os.PathLike) -> tuple[AST, ExperimentConfig]:
+    """A trained model and its configuration from a run's ``final.pt`` or ``best-*.pt``.
+
+    Raises ValueError (naming the file) for a file that is not such a checkpoint, or whose
+    weights do not fit the geometry its configuration describes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, foreign or not a torch file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(saved, dict) or "model" not in saved or "config" not in saved:
+        raise ValueError(f"{path}: not a patchmix run checkpoint (final.pt or best-*.pt)")
+    cfg = config_from_dict(saved["config"])
+    model = AST(cfg.model)
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"{path}: weights do not fit the model geometry of its config "
+                         f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+    return model.eval(), cfg

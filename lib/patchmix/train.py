@@ -198,18 +198,10 @@ class Run:
             total += loss.detach().float()
         return float(total) / n_steps
 
-    @torch.inference_mode()
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities (n, n_classes) of the given rows."""
-        self.model.eval()
-        out = []
-        for i in range(0, len(rows), self.cfg.train.eval_batch_size):
-            batch = rows[i:i + self.cfg.train.eval_batch_size]
-            x = torch.from_numpy(self.data.features[batch]).to(self.device)
-            with self.autocast:
-                logits = self.model(x)
-            out.append(logits.float().softmax(-1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.cfg.model.n_classes))
+        return predict_proba(self.model, self.data.features, rows,
+                             self.cfg.train.eval_batch_size, self.autocast)
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -220,6 +212,21 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.projector is not None:
             self.projector.load_state_dict(state["projector"])
+
+
+@torch.inference_mode()
+def predict_proba(model: AST, features: np.ndarray, rows: np.ndarray, batch_size: int = 64,
+                  autocast: Any = None) -> np.ndarray:
+    """Softmax probabilities (len(rows), n_classes) of feature rows, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x = torch.from_numpy(np.asarray(features[rows[i:i + batch_size]])).to(device)
+        with autocast if autocast is not None else nullcontext():
+            logits = model(x)  # (b, n_classes)
+        out.append(logits.float().softmax(-1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.n_classes), np.float32)
 
 
 def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
