@@ -8,16 +8,13 @@ mtime) of every source WAV, so that a second call opens the file without touchin
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +22,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from tqdm import tqdm
 
+from patchmix.atomic import atomic_path, write_json_atomic
 from patchmix.audio import recording_cycles
 from patchmix.config import FeatureConfig, config_hash, to_dict
 
@@ -114,14 +112,13 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
         return cached
 
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{final.name}.{uuid.uuid4().hex}.partial"
-    np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape).flush()
     groups = _recording_groups(cycles)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(groups))
     started = time.perf_counter()
-    try:
-        bar = tqdm(total=len(cycles), desc="features", unit="cycle", disable=not progress)
-        with bar:
+    with atomic_path(final) as partial:
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape).flush()
+        with tqdm(total=len(cycles), desc="features", unit="cycle",
+                  disable=not progress) as bar:
             if n_workers <= 1:
                 for job in groups:
                     bar.update(_fill(str(partial), *job, cfg))
@@ -136,10 +133,7 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
         _fsync(partial)
         meta = {"key": key, "shape": list(shape), "features": to_dict(cfg),
                 "recordings": len(groups), "seconds": round(time.perf_counter() - started, 3)}
-        _write_json_atomic(final.with_suffix(".json"), meta)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
+        write_json_atomic(final.with_suffix(".json"), meta)
     result = _open_cached(final, shape)
     assert result is not None, f"{final} was written but cannot be read back"
     return result
@@ -184,9 +178,3 @@ def _fill(array_path: str, wav_path: str, rows: Sequence[int], starts: Sequence[
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)

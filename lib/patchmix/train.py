@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
 from patchmix.augment import (
     class_weights,
     cutmix,
@@ -254,7 +254,7 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
                              "output folder or delete it")
         run.load_state(saved["state"])
         history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
-    _write_json(out / "config.json", to_dict(cfg))
+    write_json_atomic(out / "config.json", to_dict(cfg))
     started = time.perf_counter()
     labels = data.cycles["label"].to_numpy()
     for epoch in range(start, cfg.train.epochs + 1):
@@ -280,7 +280,7 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
                 if protocol != "last":
                     _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
                                   "epoch": epoch}, out / f"best-{protocol}.pt")
-        _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         _atomic_save({"state": run.state(), "history": history, "best": best, "epoch": epoch,
                       "config": to_dict(cfg)}, checkpoint)
         if progress:
@@ -297,7 +297,7 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         "protocols": {p: _protocol_summary(best[p]) for p in PROTOCOLS if p in best},
         "seconds_this_session": round(time.perf_counter() - started, 1),
     }
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
                   "epoch": cfg.train.epochs}, out / "final.pt")
     return summary
@@ -315,22 +315,10 @@ def _write_predictions(path: Path, data: Data, rows: np.ndarray, probs: np.ndarr
     frame["pred"] = probs.argmax(1)
     for i, name in enumerate(CLASSES[:probs.shape[1]]):
         frame[f"p_{name}"] = probs[:, i]
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
