@@ -1,6 +1,7 @@
 # patchmix: the only entry points a user needs.
-#   make reproduce   set up, build the data, check it (later issues: run every notebook)
+#   make reproduce   set up, build the data, run every notebook (demo profile) → figures/ results/
 #   make test        the whole test suite (ruff + pytest)
+#   make lab         JupyterLab on the notebooks
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -13,15 +14,22 @@ SEED    ?= 0
 RECORDINGS ?= 100
 # Real ICBHI download (folder holding ICBHI_final_database/); unset → the synthetic set.
 ICBHI_ROOT ?=
+# AudioSet checkpoint (audioset_10_10_0.4593.pth) for PROFILE=paper
+WEIGHTS ?=
+# seeds per method in the notebooks; empty → each notebook's default
+SEEDS ?=
 SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
 export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
-.PHONY: help setup test lint reproduce data clean
+.PHONY: help setup test lint reproduce notebooks data lab clean
 
 help:
-	@echo "make reproduce   set up .venv, build the synthetic data (unless ICBHI_ROOT=...), check it"
+	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
+	@echo "                 notebooks 01-05 (PROFILE=demo) -> figures/, results/, out/executed/"
+	@echo "                 GPU route: make reproduce PROFILE=paper ICBHI_ROOT=... WEIGHTS=..."
 	@echo "make test        ruff + the whole pytest suite"
+	@echo "make lab         JupyterLab on notebooks/"
 	@echo "make setup       only create .venv with the pinned dependencies"
 	@echo "make clean       remove generated data, caches and outputs (keeps .venv)"
 
@@ -47,7 +55,14 @@ data: setup $(if $(ICBHI_ROOT),,$(SYNTH_DIR)/synthetic.json)
 	$(BIN)/patchmix data check $(DATA)
 	$(BIN)/patchmix data features $(DATA)
 
-reproduce: data
+reproduce: data notebooks
+
+notebooks: setup
+	$(BIN)/python -m patchmix.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
+		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS))
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf data/synthetic .cache out runs .pytest_cache .ruff_cache

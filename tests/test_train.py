@@ -100,10 +100,10 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(smoke_data, tmp_
 
 
 def test_overrides_of_one_section_apply_together():
-    cfg = with_overrides(profile("demo"), ["embed_dim=128", "num_heads=4"])
-    assert (cfg.model.embed_dim, cfg.model.num_heads) == (128, 4)
-    with pytest.raises(ValueError, match="embed_dim 128 is not divisible by num_heads 3"):
-        with_overrides(profile("demo"), ["embed_dim=128"])
+    cfg = with_overrides(profile("demo"), ["embed_dim=99", "num_heads=3"])
+    assert (cfg.model.embed_dim, cfg.model.num_heads) == (99, 3)
+    with pytest.raises(ValueError, match="embed_dim 99 is not divisible by num_heads 2"):
+        with_overrides(profile("demo"), ["embed_dim=99"])
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(smoke_data, tmp_path):

@@ -16,11 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from patchmix.config import ExperimentConfig, config_from_dict, config_hash, to_dict
 from patchmix.features import cache_key
+from patchmix.metrics import icbhi_scores_2class_from_4
 from patchmix.model import AST
 from patchmix.train import Data, fit, load_data
 
@@ -80,9 +82,14 @@ def run_seeds(cfg: ExperimentConfig, seeds: Iterable[int], *, data: Data | None 
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample sd (ddof=1; NaN for one seed) of Sp/Se/Score per method × protocol."""
+    """Mean and sample sd (ddof=1; NaN for one seed) of Sp/Se/Score per method × protocol.
+
+    Columns ``sp_mean, sp_sd, se_mean, …, seeds``, grouped by whichever of ``profile``,
+    ``method`` and ``protocol`` the table has.
+    """
     metrics = ["sp", "se", "score"]
-    grouped = table.groupby(["profile", "method", "protocol"], sort=False)
+    keys = [k for k in ("profile", "method", "protocol") if k in table]
+    grouped = table.groupby(keys, sort=False)
     out = grouped[metrics].agg(["mean", "std"])
     out.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in out.columns]
     out["seeds"] = grouped["seed"].nunique()
@@ -113,3 +120,49 @@ def load_trained(path: str | os.PathLike) -> tuple[AST, ExperimentConfig]:
         raise ValueError(f"{path}: weights do not fit the model geometry of its config "
                          f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     return model.eval(), cfg
+
+
+def history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``metrics.jsonl`` as a table, one row per epoch."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+
+
+def histories(table: pd.DataFrame, by: Iterable[str] = ("method",)) -> pd.DataFrame:
+    """The per-epoch histories of every run in a `run_seeds` table, long format.
+
+    Each row of `history` gains the run's ``seed`` and its `by` columns (e.g. ``method``).
+    """
+    keys = ["run_dir", "seed", *by]
+    runs = table[keys].drop_duplicates("run_dir")
+    frames = [history(r.run_dir).assign(**{k: getattr(r, k) for k in keys[1:]})
+              for r in runs.itertuples(index=False)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def summed_confusion(table: pd.DataFrame, protocol: str) -> np.ndarray:
+    """The test confusion matrix of `protocol`, summed over the runs of a `run_seeds` table."""
+    total = None
+    for run_dir in dict.fromkeys(table["run_dir"]):
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        cm = np.asarray(summary["protocols"][protocol]["confusion"], dtype=np.int64)
+        total = cm if total is None else total + cm
+    if total is None:
+        raise ValueError("no runs in the table")
+    return total
+
+
+def binary_scores(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Normal-vs-abnormal Sp/Se/Score (PAPER.md §1's 2-class Score) of each run's predictions.
+
+    Read from the runs' ``predictions-<protocol>.csv``; one row per run that has the protocol
+    (``best_test`` is missing when no epoch reached Se > 5), with its ``method`` and ``seed``.
+    """
+    rows = []
+    chosen = table[table["protocol"] == protocol].drop_duplicates("run_dir")
+    for r in chosen.itertuples(index=False):
+        pred = pd.read_csv(Path(r.run_dir) / f"predictions-{protocol}.csv")
+        s = icbhi_scores_2class_from_4(pred["label"], pred["pred"])
+        rows.append({"method": r.method, "seed": r.seed, "protocol": protocol,
+                     "sp": s["sp"], "se": s["se"], "score": s["score"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,108 @@
+"""Execute the numbered notebooks in order with papermill (what `make reproduce` runs).
+
+``python -m patchmix.notebooks --profile demo [--data ROOT] [--weights FILE] [--seeds N]``
+runs ``notebooks/01_…`` to ``05_…`` headlessly, keeps the executed copies and their HTML under
+``out/executed/``, and prints (and saves as ``timings.json``) the wall time of each notebook.
+A failing notebook stops the run with its error and the path of its executed copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from patchmix.report import NOTEBOOKS, project_root
+
+EXECUTED = Path("out/executed")
+
+
+def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
+            executed_dir: Path, html: bool = True, timeout: int = 3600) -> float:
+    """Run one notebook with `parameters` into `executed_dir`; return its wall time (s).
+
+    Raises RuntimeError naming the notebook, the error and the executed copy when a cell fails.
+    """
+    import papermill  # noqa: PLC0415 - heavy, only when notebooks run
+    from traitlets.config import Config  # noqa: PLC0415
+
+    source = notebook_dir / f"{name}.ipynb"
+    target = executed_dir / f"{name}.ipynb"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=parameters,
+                                   cwd=str(notebook_dir), kernel_name="python3",
+                                   progress_bar=False, execution_timeout=timeout,
+                                   # local IPC sockets: no "TCP without encryption" warning
+                                   config=Config({"KernelManager": {"transport": "ipc"}}))
+    except papermill.PapermillExecutionError as err:
+        raise RuntimeError(f"{name}: {err.ename}: {err.evalue} (see {target})") from None
+    seconds = time.perf_counter() - start
+    if html:
+        _to_html(target)
+    return seconds
+
+
+def _to_html(notebook: Path) -> None:
+    import nbformat  # noqa: PLC0415
+    from nbconvert import HTMLExporter  # noqa: PLC0415
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    notebook.with_suffix(".html").write_text(body, encoding="utf-8")
+
+
+def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
+            root: Path | None = None, executed_dir: Path | None = None,
+            html: bool = True) -> dict[str, float]:
+    """Execute `names` in order; return ``{notebook: seconds}`` (also ``timings.json``)."""
+    root = root or project_root()
+    executed_dir = executed_dir or root / EXECUTED
+    timings: dict[str, float] = {}
+    for name in names:
+        print(f"▶ {name} …", flush=True)
+        timings[name] = round(execute(name, parameters, notebook_dir=root / "notebooks",
+                                      executed_dir=executed_dir, html=html), 1)
+        print(f"  {name}: {timings[name]:.0f} s", flush=True)
+    (executed_dir / "timings.json").write_text(json.dumps(
+        {"parameters": parameters, "seconds": timings,
+         "total": round(sum(timings.values()), 1)}, indent=2) + "\n")
+    return timings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m patchmix.notebooks",
+                                     description="Run the notebooks in order with papermill.")
+    parser.add_argument("--profile", default="demo", choices=["smoke", "demo", "paper"])
+    parser.add_argument("--data", default="", help="ICBHI-layout folder (default: $ICBHI_ROOT, "
+                        "else data/synthetic)")
+    parser.add_argument("--weights", default="", help="AudioSet checkpoint for --profile paper")
+    parser.add_argument("--seeds", type=int, default=0, help="seeds per method (0: each "
+                        "notebook's default)")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
+    parser.add_argument("--no-html", action="store_true")
+    args = parser.parse_args(argv)
+    params: dict[str, Any] = {"PROFILE": args.profile, "DATA_ROOT": args.data,
+                              "WEIGHTS": args.weights}
+    if args.seeds:
+        params["SEEDS"] = args.seeds
+    names = args.only or NOTEBOOKS
+    unknown = sorted(set(names) - set(NOTEBOOKS))
+    if unknown:
+        print(f"error: unknown notebook(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        timings = run_all(params, names=names, html=not args.no_html)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"all notebooks: {sum(timings.values()):.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""Notebook outputs: figures, tidy tables and the index that maps them to their notebook.
+
+Every file a notebook writes is named after it (``figures/02_baselines-curves.png``,
+``results/02_baselines-scores.csv`` + ``.md``) and recorded in ``results/manifest.json`` with
+the notebook, profile, data, weights and seeds that produced it; ``results/README.md`` is
+regenerated from that manifest after every write, so it always describes the files on disk.
+The paper's reference numbers (PAPER.md §1) live here too, as data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_baselines", "03_patchmix_ablations",
+                              "04_latent_umap", "05_paper_tables")
+INDEX_FILES: tuple[str, ...] = ("README.md", "manifest.json")  # in results/, not per notebook
+
+# PAPER.md §1: 4-class ICBHI official split, best-test-epoch protocol, in %.
+PAPER_TABLE = pd.DataFrame([
+    {"method": "AST fine-tuning (ImageNet + AudioSet)", "key": "ce", "sp": 77.14, "se": 41.97,
+     "score": 59.55},
+    {"method": "AST + Patch-Mix CL (the paper)", "key": "patchmix_cl", "sp": 81.66, "se": 43.07,
+     "score": 62.37},
+    {"method": "ResNet50 co-tuning (previous best cited)", "key": "", "sp": 79.34, "se": 37.24,
+     "score": 58.29},
+    {"method": "SCL, CNN6 AudioSet (2023)", "key": "", "sp": 75.95, "se": 39.15, "score": 57.55},
+    {"method": "RespireNet, official split", "key": "", "sp": float("nan"),
+     "se": float("nan"), "score": 56.2},
+])
+PAPER_2CLASS_SCORE = 68.71  # Patch-Mix CL, normal vs abnormal
+METHOD_NAMES: dict[str, str] = {
+    "ce": "Fine-tuning (CE)", "weighted_ce": "Fine-tuning (weighted CE)",
+    "specaug": "SpecAugment", "mixup": "Mixup", "cutmix": "CutMix",
+    "patchmix_ce": "Patch-Mix CE", "patchmix_cl": "Patch-Mix CL",
+}
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The repository root: the nearest folder at or above `start` (default: the working
+    directory) holding ``pyproject.toml`` and ``notebooks/``. Notebooks ``chdir`` there so
+    their relative paths (``figures/``, ``runs/``, ``data/``) mean the same under papermill
+    and in JupyterLab, which starts kernels in ``notebooks/``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    raise FileNotFoundError(f"no patchmix checkout (pyproject.toml + notebooks/) at or above "
+                            f"{here}")
+
+
+def notebook_of(filename: str) -> str | None:
+    """The notebook a figure/result file is named after, or None."""
+    matches = [nb for nb in NOTEBOOKS if filename.startswith(nb + "-")]
+    return matches[0] if len(matches) == 1 else None
+
+
+def describe_data(root: str, synthetic: bool) -> str:
+    """How a table names its data: ``synthetic stand-in, not ICBHI (folder synthetic)`` or
+    ``ICBHI 2017 (folder …)``; only the folder's name, never a machine path."""
+    name = Path(root).name or str(root)
+    return (f"synthetic stand-in, not ICBHI (folder {name})" if synthetic
+            else f"ICBHI 2017 (folder {name})")
+
+
+@dataclass
+class Outputs:
+    """Where one notebook writes, and what it says about each file.
+
+    ``context`` (profile, data, weights, seeds, …) is stored with every file in the manifest
+    and printed above every Markdown table, so no number travels without its provenance.
+    """
+
+    notebook: str
+    figures_dir: Path = Path("figures")
+    results_dir: Path = Path("results")
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.notebook not in NOTEBOOKS:
+            raise ValueError(f"unknown notebook {self.notebook!r}; one of {', '.join(NOTEBOOKS)}")
+        self.figures_dir, self.results_dir = Path(self.figures_dir), Path(self.results_dir)
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+
+    def _name(self, stem: str, suffix: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]+", stem):
+            raise ValueError(f"output name {stem!r}: use lower-case letters, digits and _")
+        return f"{self.notebook}-{stem}{suffix}"
+
+    def figure(self, fig: Any, stem: str, description: str) -> Path:
+        """Save a matplotlib figure as ``figures/<notebook>-<stem>.png`` (atomically)."""
+        path = self.figures_dir / self._name(stem, ".png")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+        self._record(path, description)
+        return path
+
+    def table(self, frame: pd.DataFrame, stem: str, description: str, *,
+              floatfmt: str = ".1f") -> Path:
+        """Write ``results/<notebook>-<stem>.csv`` (tidy, full precision) and a ``.md`` twin.
+
+        The Markdown copy rounds numbers and opens with a line stating the context.
+        """
+        csv = self.results_dir / self._name(stem, ".csv")
+        with atomic_path(csv) as tmp:
+            frame.to_csv(tmp, index=False)
+        md = csv.with_suffix(".md")
+        write_text_atomic(md, f"{description}\n\n{self.context_line()}\n\n"
+                          f"{markdown_table(frame, floatfmt)}\n")
+        self._record(csv, description)
+        self._record(md, description + " (Markdown)")
+        return csv
+
+    def text(self, markdown: str, stem: str, description: str) -> Path:
+        """Write Markdown prose as ``results/<notebook>-<stem>.md``, context line on top."""
+        path = self.results_dir / self._name(stem, ".md")
+        write_text_atomic(path, f"{description}\n\n{self.context_line()}\n\n{markdown}\n")
+        self._record(path, description)
+        return path
+
+    def context_line(self) -> str:
+        """``profile demo · data synthetic (…) · weights none · seeds 1, 2`` for table headers."""
+        return " · ".join(f"{k} {v}" for k, v in self.context.items())
+
+    def _record(self, path: Path, description: str) -> None:
+        manifest_path = self.results_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        folder = "figures" if path.parent == self.figures_dir else "results"
+        manifest[f"{folder}/{path.name}"] = {"notebook": self.notebook,
+                                             "description": description, **self.context}
+        manifest = dict(sorted(manifest.items()))
+        write_json_atomic(manifest_path, manifest)
+        write_text_atomic(self.results_dir / "README.md", results_readme(manifest))
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".1f") -> str:
+    """A GitHub Markdown table of `frame` (floats formatted with `floatfmt`, NaN as –)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if v != v else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def results_readme(manifest: dict[str, dict[str, Any]]) -> str:
+    """``results/README.md``: every output file with its notebook, profile, data and seeds."""
+    lines = ["# Results and figures", "",
+             "Generated by the notebooks (`make reproduce`); do not edit by hand. Each file is "
+             "named after the notebook that writes it. Numbers from synthetic data are not "
+             "ICBHI numbers.", "",
+             "| file | notebook | what | profile | data | weights | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for name, info in manifest.items():
+        link = f"../{name}" if name.startswith("figures/") else name.removeprefix("results/")
+        lines.append("| [`{}`]({}) | `{}` | {} | {} | {} | {} | {} |".format(
+            name, link, info["notebook"], info["description"],
+            info.get("profile", "–"), info.get("data", "–"), info.get("weights", "–"),
+            info.get("seeds", "–")))
+    return "\n".join(lines) + "\n"
+
+
+def paper_comparison(summary: pd.DataFrame, *, data: str, weights: str,
+                     protocols: tuple[str, ...] = ("best_test", "last", "val")) -> pd.DataFrame:
+    """The paper's Table-1 rows (PAPER.md §1) above this run's, one row per method × protocol.
+
+    `summary` is `patchmix.experiment.aggregate` output. Columns: ``source, method, protocol,
+    sp, sp_sd, se, se_sd, score, score_sd, seeds, data, weights``; the paper's rows are its
+    published best-test-epoch numbers on ICBHI (sd not reported).
+    """
+    paper = PAPER_TABLE.assign(source="paper", protocol="best_test", sp_sd=float("nan"),
+                               se_sd=float("nan"), score_sd=float("nan"), seeds=1,
+                               data="ICBHI 2017 (published)", weights="ImageNet + AudioSet")
+    paper = paper.drop(columns="key")
+    ours = summary[summary["protocol"].isin(protocols)].rename(columns={
+        "sp_mean": "sp", "se_mean": "se", "score_mean": "score"})
+    ours = ours.assign(source="this run", data=data, weights=weights,
+                       method=[METHOD_NAMES.get(m, m) for m in ours["method"]])
+    columns = ["source", "method", "protocol", "sp", "sp_sd", "se", "se_sd", "score", "score_sd",
+               "seeds", "data", "weights"]
+    return pd.concat([paper[columns], ours[columns]], ignore_index=True)
+
+
+def with_sd(frame: pd.DataFrame, metrics: tuple[str, ...] = ("sp", "se", "score")) -> pd.DataFrame:
+    """`frame` with each metric (``sp`` or ``sp_mean``) and its ``sp_sd`` merged into one
+    ``"61.20 ± 1.30"`` string column named after the metric."""
+    out = frame.copy()
+    for m in metrics:
+        sd = out.pop(f"{m}_sd")
+        mean = out.pop(f"{m}_mean") if f"{m}_mean" in out else out[m]
+        out[m] = [("–" if v != v else f"{v:.2f}") + ("" if s != s else f" ± {s:.2f}")
+                  for v, s in zip(mean, sd, strict=True)]
+    return out
+
+
+def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: str) -> str:
+    """A plain-language reading of `aggregate` output: what this run shows and does not.
+
+    Compares Patch-Mix CL with fine-tuning (CE) under the last-epoch protocol against the
+    seeds' spread, and measures what choosing the epoch on the test set adds.
+    """
+    def get(method: str, protocol: str) -> pd.Series | None:
+        rows = summary[(summary["method"] == method) & (summary["protocol"] == protocol)]
+        return rows.iloc[0] if len(rows) else None
+
+    lines = []
+    if synthetic or weights == "none":
+        source = "synthetic data" if synthetic else "ICBHI"
+        init = "a randomly initialised" if weights == "none" else f"a {weights}-initialised"
+        lines.append(
+            f"- **These are not ICBHI numbers.** This run used {source} and {init}"
+            f" model (profile `{profile}`). The paper's rows are shown as the reference they"
+            " are not meant to match.")
+    cl, ce = get("patchmix_cl", "last"), get("ce", "last")
+    if cl is not None and ce is not None:
+        diff = cl["score_mean"] - ce["score_mean"]
+        spread = max(cl["score_sd"], ce["score_sd"])
+        if spread != spread:
+            judged = "with one seed there is no spread to judge it against"
+        elif abs(diff) > 2 * spread:
+            judged = f"more than twice the larger seed sd ({spread:.2f})"
+        else:
+            judged = f"within about two seed sds ({spread:.2f}): not evidence either way"
+        lines.append(f"- Last epoch: Patch-Mix CL scores {cl['score_mean']:.2f} and fine-tuning "
+                     f"(CE) {ce['score_mean']:.2f}, a difference of {diff:+.2f} points, {judged}.")
+    best = get("patchmix_cl", "best_test")
+    if best is not None and cl is not None:
+        lines.append(f"- Choosing the epoch on the test set (the published protocol) adds "
+                     f"{best['score_mean'] - cl['score_mean']:+.2f} points to Patch-Mix CL's "
+                     "Score over the last epoch: that gain is selection, not learning.")
+    lines.append("- What this run does not show: whether the paper's ICBHI numbers reproduce "
+                 "(that needs `make reproduce PROFILE=paper ICBHI_ROOT=… WEIGHTS=…` on a GPU "
+                 "and ≥ 5 seeds).")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Every notebook end to end in the `smoke` profile through papermill, and the output rules.
+
+The five notebooks run in order on a small synthetic set, with their own run cache, feature cache
+and output folders under a temporary directory (the repository's `figures/` and `results/` are
+never touched). Then: every output file is named after exactly one notebook, every notebook wrote
+something, and the manifest and results README describe exactly the files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from patchmix.notebooks import execute
+from patchmix.report import INDEX_FILES, NOTEBOOKS, notebook_of
+from patchmix.synth import make_synthetic_icbhi
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run all notebooks once (smoke profile) and return where everything went."""
+    base = tmp_path_factory.mktemp("notebooks")
+    data = make_synthetic_icbhi(base / "data", n_recordings=16, seed=3, progress=False).root
+    env = {"PATCHMIX_CACHE": str(base / "cache"), "PATCHMIX_RUNS": str(base / "runs")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    figures, results, executed_dir = base / "figures", base / "results", base / "executed"
+    executed_dir.mkdir()
+    errors, run_counts = {}, {}
+    try:
+        for name in NOTEBOOKS:
+            try:
+                execute(name, {"PROFILE": "smoke", "DATA_ROOT": str(data),
+                               "FIGURES_DIR": str(figures), "RESULTS_DIR": str(results)},
+                        notebook_dir=NOTEBOOK_DIR, executed_dir=executed_dir, html=False,
+                        timeout=600)
+            except RuntimeError as err:
+                errors[name] = str(err)
+            runs = base / "runs"
+            run_counts[name] = len(list(runs.iterdir())) if runs.is_dir() else 0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"figures": figures, "results": results, "executed": executed_dir,
+            "errors": errors, "run_counts": run_counts}
+
+
+def test_every_notebook_runs_in_smoke(executed: dict) -> None:
+    assert executed["errors"] == {}
+    for name in NOTEBOOKS:
+        assert (executed["executed"] / f"{name}.ipynb").is_file()
+
+
+def test_outputs_are_named_after_exactly_one_notebook(executed: dict) -> None:
+    files = [p for d in ("figures", "results") for p in executed[d].iterdir()]
+    assert files
+    for path in files:
+        if path.parent == executed["results"] and path.name in INDEX_FILES:
+            continue
+        assert notebook_of(path.name) is not None, path.name
+
+
+def test_every_notebook_wrote_outputs_listed_in_the_manifest(executed: dict) -> None:
+    manifest = json.loads((executed["results"] / "manifest.json").read_text())
+    by_notebook = {nb: [f for f, info in manifest.items() if info["notebook"] == nb]
+                   for nb in NOTEBOOKS}
+    assert all(by_notebook.values()), {nb: len(f) for nb, f in by_notebook.items()}
+    on_disk = {f"{d}/{p.name}" for d in ("figures", "results") for p in executed[d].iterdir()
+               if p.name not in INDEX_FILES}
+    assert set(manifest) == on_disk
+    assert any(f.endswith(".png") for f in manifest) and any(f.endswith(".csv") for f in manifest)
+    readme = (executed["results"] / "README.md").read_text()
+    for name, info in manifest.items():
+        assert f"`{name}`" in readme
+        assert info["profile"] == "smoke" and "synthetic" in info["data"]
+
+
+def test_paper_tables_say_synthetic_and_show_the_paper(executed: dict) -> None:
+    md = (executed["results"] / "05_paper_tables-table1.md").read_text()
+    assert "62.37" in md and "59.55" in md  # the paper's rows, as reference
+    assert "synthetic" in md
+    verdict = (executed["results"] / "05_paper_tables-verdict.md").read_text()
+    assert "not ICBHI numbers" in verdict
+
+
+def test_notebooks_04_and_05_train_nothing_new(executed: dict) -> None:
+    """04 and 05 read the runs 02 and 03 trained from the run cache."""
+    counts = executed["run_counts"]
+    assert counts["02_baselines"] > 0
+    assert counts["03_patchmix_ablations"] > counts["02_baselines"]
+    assert counts["05_paper_tables"] == counts["04_latent_umap"] == counts[
+        "03_patchmix_ablations"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_clean_and_parametrised(name: str) -> None:
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert all("parameters" not in c.metadata.get("tags", []) for c in code[1:])
+    assert "PROFILE = " in code[0].source and "DATA_ROOT = " in code[0].source
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_committed_outputs_follow_the_naming_rule() -> None:
+    for folder in ("figures", "results"):
+        for path in (REPO / folder).glob("*") if (REPO / folder).is_dir() else []:
+            if folder == "results" and path.name in INDEX_FILES:
+                continue
+            assert notebook_of(path.name) is not None, f"{folder}/{path.name}"
