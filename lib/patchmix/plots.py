@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from patchmix.icbhi import CLASSES
 from patchmix.report import METHOD_NAMES
@@ -67,6 +68,7 @@ def learning_curves(history: pd.DataFrame, *, hue: str = "method",
                                 alpha=0.15, lw=0)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if column != "train_loss":
             ax.axhline(50, color="grey", lw=0.8, ls=":")
     np.atleast_1d(axes)[0].legend(loc="upper right", frameon=False)
@@ -140,7 +142,10 @@ def scatter_2d(points: np.ndarray, colour_by: Sequence[Any], *, title: str = "",
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.0))
     values = np.asarray(colour_by)
-    for i, key in enumerate(dict.fromkeys(values.tolist())):
+    present = set(values.tolist())
+    order = ([k for k in palette if k in present] if palette else []) + sorted(
+        present - set(palette or {}), key=str)
+    for i, key in enumerate(order):
         mask = values == key
         colour = (palette or {}).get(key, PALETTE[i % len(PALETTE)])
         ax.scatter(points[mask, 0], points[mask, 1], s=7, alpha=0.7, color=colour,
