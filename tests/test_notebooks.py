@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from patchmix.notebooks import execute
-from patchmix.report import INDEX_FILES, NOTEBOOKS, notebook_of
+from patchmix.report import INDEX_FILES, NOTEBOOKS, notebook_of, readme_table
 from patchmix.synth import make_synthetic_icbhi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,3 +121,12 @@ def test_committed_outputs_follow_the_naming_rule() -> None:
             if folder == "results" and path.name in INDEX_FILES:
                 continue
             assert notebook_of(path.name) is not None, f"{folder}/{path.name}"
+
+
+def test_readme_key_table_equals_the_committed_results():
+    table1 = REPO / "results" / "05_paper_tables-table1.csv"
+    if not table1.is_file():
+        pytest.skip("no committed demo results yet")
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("<!-- readme-table:start -->")[1].split("<!-- readme-table:end -->")[0]
+    assert shown.strip() == readme_table(table1).strip()

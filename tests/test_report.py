@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from patchmix.config import ModelConfig, notebook_config
-from patchmix.experiment import aggregate
+from patchmix.config import ModelConfig, config_hash, notebook_config, profile, with_overrides
+from patchmix.experiment import aggregate, baselines
 from patchmix.latent import encode_cycles, knn_scores, mix_alignment, silhouettes
 from patchmix.model import AST
 from patchmix.report import (
@@ -152,3 +152,13 @@ def test_encode_cycles_and_mix_alignment_on_a_tiny_model():
     np.testing.assert_allclose(enc.clean[:4], direct, rtol=1e-5, atol=1e-6)
     share = mix_alignment(enc)
     assert math.isnan(share) or 0.0 <= share <= 100.0
+
+
+def test_baselines_never_repeat_ce_when_specaugment_is_always_on():
+    demo = baselines(profile("demo"))
+    assert demo["ce_no_specaug"] == ["method.name=ce", "method.spec_augment=false"]
+    assert "specaug" not in demo
+    plain = baselines(with_overrides(profile("demo"), ["spec_augment=false"]))
+    assert plain["specaug"] == ["method.name=specaug"] and "ce_no_specaug" not in plain
+    configs = {config_hash(with_overrides(profile("demo"), o)) for o in demo.values()}
+    assert len(configs) == len(demo)  # every baseline is a different run

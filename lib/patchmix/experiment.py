@@ -40,6 +40,23 @@ def run_key(cfg: ExperimentConfig, data: Data) -> str:
                         "data": cache_key(data.cycles, cfg.data.features)})
 
 
+def baselines(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """The fine-tuning baselines of notebooks 02 and 05: ``{name: overrides}``.
+
+    CE, weighted CE, Mixup, CutMix and Patch-Mix CE, plus the SpecAugment comparison. When the
+    profile already applies SpecAugment to every method (the official recipe, on in ``paper``
+    and ``demo``), the ``specaug`` method would repeat ``ce`` exactly, so the comparison is
+    ``ce_no_specaug`` (CE with SpecAugment switched off) instead.
+    """
+    names = ["ce", "weighted_ce", "mixup", "cutmix", "patchmix_ce"]
+    variants = {name: [f"method.name={name}"] for name in names}
+    if cfg.method.spec_augment:
+        variants["ce_no_specaug"] = ["method.name=ce", "method.spec_augment=false"]
+    else:
+        variants["specaug"] = ["method.name=specaug"]
+    return variants
+
+
 def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathLike | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Train `cfg` unless a finished run of it is cached; return its summary.
@@ -59,20 +76,23 @@ def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathL
 
 
 def run_seeds(cfg: ExperimentConfig, seeds: Iterable[int], *, data: Data | None = None,
-              root: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+              root: str | os.PathLike | None = None, progress: bool = True,
+              name: str = "") -> pd.DataFrame:
     """`run` for each seed; a tidy table with one row per seed × protocol.
 
     Columns: ``profile, method, seed, protocol, epoch, sp, se, score`` and one ``recall_<class>``
-    per class, plus ``run_dir`` and ``synthetic``.
+    per class, plus ``run_dir`` and ``synthetic``. ``method`` is `name` when given (a variant
+    such as ``ce_no_specaug``), else ``cfg.method.name``.
     """
     data = data if data is not None else load_data(cfg.data, progress=progress)
     rows = []
+    name = name or cfg.method.name
     for seed in seeds:
         summary = run(dataclasses.replace(cfg, seed=int(seed)), data=data, root=root,
                       progress=progress)
         for protocol, result in summary["protocols"].items():
             rows.append({
-                "profile": cfg.profile, "method": cfg.method.name, "seed": int(seed),
+                "profile": cfg.profile, "method": name, "seed": int(seed),
                 "protocol": protocol, "epoch": result["epoch"], "sp": result["sp"],
                 "se": result["se"], "score": result["score"],
                 **{f"recall_{c}": r for c, r in result["per_class_recall"].items()},

@@ -25,6 +25,9 @@ def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
             executed_dir: Path, html: bool = True, timeout: int = 3600) -> float:
     """Run one notebook with `parameters` into `executed_dir`; return its wall time (s).
 
+    Parameters the notebook's ``parameters`` cell does not declare are left out (01 has no
+    ``WEIGHTS``, for instance), so one set of parameters serves every notebook.
+
     Raises RuntimeError naming the notebook, the error and the executed copy when a cell fails.
     """
     import papermill  # noqa: PLC0415 - heavy, only when notebooks run
@@ -33,6 +36,8 @@ def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
     source = notebook_dir / f"{name}.ipynb"
     target = executed_dir / f"{name}.ipynb"
     executed_dir.mkdir(parents=True, exist_ok=True)
+    declared = papermill.inspect_notebook(str(source))  # pass only the knobs it has
+    parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(target), parameters=parameters,

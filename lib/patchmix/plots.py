@@ -24,6 +24,9 @@ PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7
                             "#F0E442", "#000000")
 CLASS_COLORS: dict[str, str] = {"normal": "#0072B2", "crackle": "#E69F00", "wheeze": "#009E73",
                                 "both": "#D55E00"}
+# devices get colours no class uses, so a device panel is never read as a class panel
+DEVICE_COLORS: dict[str, str] = {"AKGC417L": "#CC79A7", "LittC2SE": "#56B4E9",
+                                 "Litt3200": "#000000", "Meditron": "#999999"}
 PROTOCOL_LABELS: dict[str, str] = {"best_test": "best test epoch (as published)",
                                    "last": "last epoch", "val": "best validation epoch"}
 
@@ -71,7 +74,9 @@ def learning_curves(history: pd.DataFrame, *, hue: str = "method",
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if column != "train_loss":
             ax.axhline(50, color="grey", lw=0.8, ls=":")
-    np.atleast_1d(axes)[0].legend(loc="upper right", frameon=False)
+    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4),
+               frameon=False)
     return fig
 
 
@@ -161,11 +166,11 @@ def scatter_2d(points: np.ndarray, colour_by: Sequence[Any], *, title: str = "",
 def ablation_panels(table: pd.DataFrame, *, metric: str = "score",
                     protocols: Sequence[str] = ("best_test", "last"),
                     reference: float | None = 50.0) -> Figure:
-    """One small panel per ablated knob: `metric` per setting, one bar per protocol.
+    """One small panel per ablated knob: `metric` per setting, one marker per protocol.
 
-    `table` has columns ``ablation``, ``setting``, ``protocol``, ``seed`` and `metric`; bars are
-    means over seeds, with the individual seeds drawn as dots. The paper's setting is whatever
-    the caller marked in ``setting`` (e.g. with a ``*``).
+    `table` has columns ``ablation``, ``setting``, ``protocol``, ``seed`` and `metric`; diamonds
+    are means over seeds, with the individual seeds drawn as small dots. The paper's setting is
+    whatever the caller marked in ``setting`` (e.g. with a ``*``).
     """
     knobs = list(dict.fromkeys(table["ablation"]))
     ncols = min(3, len(knobs))
@@ -174,7 +179,7 @@ def ablation_panels(table: pd.DataFrame, *, metric: str = "score",
                              squeeze=False)
     for ax in axes.flat[len(knobs):]:
         ax.set_visible(False)
-    width = 0.8 / len(protocols)
+    width = 0.5 / len(protocols)
     for ax, knob in zip(axes.flat, knobs, strict=False):
         part = table[table["ablation"] == knob]
         settings = list(dict.fromkeys(part["setting"]))
@@ -182,16 +187,19 @@ def ablation_panels(table: pd.DataFrame, *, metric: str = "score",
             rows = part[part["protocol"] == protocol]
             x = np.arange(len(settings)) + (k - (len(protocols) - 1) / 2) * width
             means = rows.groupby("setting")[metric].mean().reindex(settings)
-            ax.bar(x, means, width, color=PALETTE[k], label=PROTOCOL_LABELS.get(protocol))
+            # markers, not bars: the axis does not start at 0, and bars would exaggerate
+            ax.plot(x, means, "D", ms=8, color=PALETTE[k], label=PROTOCOL_LABELS.get(protocol))
             for xi, setting in zip(x, settings, strict=True):
                 dots = rows.loc[rows["setting"] == setting, metric]
-                ax.plot([xi] * len(dots), dots, "o", ms=2.5, color="black", alpha=0.6)
+                ax.plot([xi] * len(dots), dots, "o", ms=3, color="black", alpha=0.6)
         if reference is not None:
             ax.axhline(reference, color="grey", lw=0.8, ls=":")
         ax.set_xticks(np.arange(len(settings)), settings)
         ax.set_title(knob)
     lowest = float(np.nanmin(table[metric])) if len(table) else 0.0
-    axes[0][0].set_ylim(min(40.0, 5 * np.floor(lowest / 5)), 100)
+    highest = float(np.nanmax(table[metric])) if len(table) else 100.0
+    axes[0][0].set_ylim(min(40.0, 5 * np.floor(lowest / 5)),
+                        min(100.0, 5 * np.ceil((highest + 5) / 5)))
     axes[0][0].set_ylabel({"score": "test Score (%)"}.get(metric, metric))
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=len(protocols), frameon=False)
