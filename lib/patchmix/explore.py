@@ -26,7 +26,7 @@ from patchmix.audio import cut, fix_length, load_wav, prepare_recording
 from patchmix.config import FeatureConfig
 from patchmix.features import fbank
 from patchmix.icbhi import CLASSES
-from patchmix.plots import CLASS_COLORS, PALETTE
+from patchmix.plots import CLASS_COLORS, DEVICE_COLORS, PALETTE
 
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLORS: dict[str, str] = {"train": PALETTE[5], "val": PALETTE[2], "test": PALETTE[4]}
@@ -182,7 +182,8 @@ def device_figure(devices: pd.DataFrame) -> Figure:
     """
     names = list(dict.fromkeys(devices["split"]))
     device_names = list(dict.fromkeys(devices["device"]))
-    colours = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(device_names)}
+    colours = {d: DEVICE_COLORS.get(d, PALETTE[i % len(PALETTE)])
+               for i, d in enumerate(device_names)}
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6),
                                       gridspec_kw={"width_ratios": [1.3, 1]},
                                       layout="constrained")

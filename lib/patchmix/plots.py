@@ -24,9 +24,10 @@ PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7
                             "#F0E442", "#000000")
 CLASS_COLORS: dict[str, str] = {"normal": "#0072B2", "crackle": "#E69F00", "wheeze": "#009E73",
                                 "both": "#D55E00"}
-# devices get colours no class uses, so a device panel is never read as a class panel
-DEVICE_COLORS: dict[str, str] = {"AKGC417L": "#CC79A7", "LittC2SE": "#56B4E9",
-                                 "Litt3200": "#000000", "Meditron": "#999999"}
+# devices get colours no class or split uses (Paul Tol's muted scheme), so a device panel is
+# never read as a class panel
+DEVICE_COLORS: dict[str, str] = {"AKGC417L": "#332288", "LittC2SE": "#999933",
+                                 "Litt3200": "#882255", "Meditron": "#777777"}
 PROTOCOL_LABELS: dict[str, str] = {"best_test": "best test epoch (as published)",
                                    "last": "last epoch", "val": "best validation epoch"}
 
