@@ -22,6 +22,7 @@ import torch
 
 from patchmix.config import ExperimentConfig, config_from_dict, config_hash, to_dict
 from patchmix.features import cache_key
+from patchmix.icbhi import CLASSES
 from patchmix.metrics import icbhi_scores_2class_from_4
 from patchmix.model import AST
 from patchmix.train import Data, fit, load_data
@@ -95,7 +96,8 @@ def run_seeds(cfg: ExperimentConfig, seeds: Iterable[int], *, data: Data | None 
                 "profile": cfg.profile, "method": name, "seed": int(seed),
                 "protocol": protocol, "epoch": result["epoch"], "sp": result["sp"],
                 "se": result["se"], "score": result["score"],
-                **{f"recall_{c}": r for c, r in result["per_class_recall"].items()},
+                **{f"recall_{c}": result["per_class_recall"][c] for c in CLASSES
+                   if c in result["per_class_recall"]},  # class order, not the JSON's
                 "synthetic": summary["synthetic"], "run_dir": summary["run_dir"],
             })
     return pd.DataFrame(rows)
