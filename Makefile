@@ -2,6 +2,7 @@
 #   make reproduce   set up, build the data, run every notebook (demo profile) → figures/ results/
 #   make test        the whole test suite (ruff + pytest)
 #   make lab         JupyterLab on the notebooks
+#   make bench       the performance harness → bench/results/<timestamp>.json, latest.json
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -22,7 +23,7 @@ SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
 export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
-.PHONY: help setup test lint reproduce notebooks data lab clean
+.PHONY: help setup test lint reproduce notebooks data lab clean bench
 
 help:
 	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
@@ -63,6 +64,10 @@ notebooks: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
+
+# BENCH_ARGS=--quick: the CI-sized run (demo model only)
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf data/synthetic .cache out runs .pytest_cache .ruff_cache

@@ -149,20 +149,29 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from patchmix import distributed
     from patchmix.config import profile, with_overrides
     from patchmix.experiment import run
-    from patchmix.train import fit, load_data
+    from patchmix.train import fit, load_data, resolve_device
 
     overrides = list(args.overrides)
     for flag, key in ((args.method, "method.name"), (args.seed, "seed"), (args.data, "data.root")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     cfg = with_overrides(profile(args.profile), overrides)
-    data = load_data(cfg.data, progress=not args.quiet)
-    if args.out:
-        summary = {**fit(cfg, data, args.out, progress=not args.quiet), "run_dir": args.out}
-    else:
-        summary = run(cfg, data=data, progress=not args.quiet)
+    # Under torchrun: join the job; rank 0 fills the feature cache before the others read it.
+    job, _ = distributed.init_from_env(resolve_device(cfg.train.device))
+    try:
+        with distributed.main_first(job):
+            data = load_data(cfg.data, progress=not args.quiet and job.is_main)
+        if args.out:
+            summary = {**fit(cfg, data, args.out, progress=not args.quiet), "run_dir": args.out}
+        else:
+            summary = run(cfg, data=data, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if not job.is_main:
+        return 0
     origin = "SYNTHETIC data" if summary["synthetic"] else "data"
     print(f"{cfg.profile}/{cfg.method.name} seed {cfg.seed} on {origin} {summary['data']} "
           f"({summary['weights']} weights) → {summary['run_dir']}")

@@ -14,6 +14,11 @@ selection protocols are recorded for every run:
 Each epoch appends to ``metrics.jsonl`` and atomically rewrites ``last.pt``; an interrupted run
 resumes from it and ends with the same numbers. Randomness comes from the run seed: the model
 initialisation, then one generator per epoch for the batch order and every augmentation.
+
+Under ``torchrun`` (several processes) the model is wrapped in DistributedDataParallel, each
+step's global batch of ``train.batch_size`` cycles is shared among the ranks, evaluation
+predictions are gathered from all ranks, and only rank 0 writes files: `patchmix.distributed`
+says how, and why the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from patchmix import distributed
 from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
 from patchmix.augment import (
     class_weights,
@@ -133,34 +140,69 @@ class Run:
                                                  and device.type == "cuda")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                          else nullcontext())
+        self.dist = distributed.current()
+        self.ddp = (DistributedDataParallel(_StepLoss(self), device_ids=(
+            [device] if device.type == "cuda" else None)) if self.dist.enabled else None)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The method's loss on one batch x (B, T, F), y (B,)."""
+        """The method's loss on one batch x (B, T, F), y (B,).
+
+        With several processes x, y are the global batch on every rank: the random draws and
+        input-level mixing use all of it, the transformer runs on this rank's shard only, and
+        the loss is computed from the gathered outputs (`patchmix.distributed`). In one
+        process `shard` and `gather` return their input.
+        """
         m, model = self.cfg.method, self.model
+        n, shard, gather = len(y), self.dist.shard, self.dist.gather
         if m.spec_augment or m.name == "specaug":
             x = spec_augment(x, g, gate=m.specaug_gate)
         if m.name in ("ce", "weighted_ce", "specaug"):
-            return F.cross_entropy(model(x), y, weight=self.weight)
+            return F.cross_entropy(gather(model(shard(x)), n), y, weight=self.weight)
         lam = sample_lambda(m.mix_beta, g)
         if m.name == "mixup":
             xm, ya, yb, _ = mixup(x, y, lam, g)
-            return mixed_cross_entropy(model(xm), ya, yb, lam)
+            return mixed_cross_entropy(gather(model(shard(xm)), n), ya, yb, lam)
         if m.name == "cutmix":
             xm, ya, yb, _, lam = cutmix(x, y, lam, g)
-            return mixed_cross_entropy(model(xm), ya, yb, lam)
+            return mixed_cross_entropy(gather(model(shard(xm)), n), ya, yb, lam)
         tokens = model.embed(x)  # (B, N, D)
         mix = patch_mix(tokens, lam, g, m.mix_mode, model.grid)
         if m.name == "patchmix_ce":
-            return patchmix_ce(model.head(model.encode(mix.tokens)), y, mix.index, mix.lam)
+            logits = gather(model.head(model.encode(shard(mix.tokens))), n)  # (B, C)
+            return patchmix_ce(logits, y, mix.index, mix.lam)
         assert self.projector is not None
-        feats = model.encode(torch.cat([tokens, mix.tokens]))  # (2B, D): one batched call
-        clean, mixed = feats.chunk(2)  # (B, D) each
+        # (2b, D): clean and mixed through one batched call (b = B in one process)
+        feats = model.encode(torch.cat([shard(tokens), shard(mix.tokens)]))
+        clean, mixed = (gather(f, n) for f in feats.chunk(2))  # (B, D) each
         ce = F.cross_entropy(model.head(clean), y)
         target, stop = contrastive_target(clean, self.projector, m.target_type)
         cl = patchmix_contrastive_loss(self.projector(mixed), target, mix.index, mix.lam,
                                        m.temperature, labels=y, negatives=m.negatives,
                                        stop_grad=stop)
         return ce + m.alpha * cl
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+             state: list[torch.Tensor]) -> torch.Tensor:
+        """One optimisation step on batch x (B, T, F), y (B,); returns the detached loss.
+
+        ``state`` is `_float_state` of the modules when ``ma_beta`` > 0 (else empty): after the
+        optimiser step it is interpolated with its pre-step copy (`ma_update`). For a lower
+        peak, the last step's gradients are released before the forward, and the pre-step copy
+        of the parameters (which forward and backward leave unchanged) is taken after the
+        backward; buffers (BatchNorm statistics move in the forward) are copied first.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        buffers = {i: t.detach().clone() for i, t in enumerate(state)
+                   if not isinstance(t, nn.Parameter)}
+        with self.autocast:
+            loss = self.ddp(x, y, g) if self.ddp is not None else self.loss(x, y, g)
+        loss.backward()
+        previous = [buffers[i] if i in buffers else t.detach().clone()
+                    for i, t in enumerate(state)]
+        self.optimizer.step()
+        if state:
+            ma_update(state, previous, self.cfg.train.ma_beta)
+        return loss.detach()
 
     def train_epoch(self, epoch: int, progress: bool) -> float:
         """One epoch over shuffled training batches (drop_last); returns the mean loss."""
@@ -187,21 +229,15 @@ class Run:
             batch = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
             x = torch.from_numpy(self.data.features[batch]).to(self.device)  # (B, T, F)
             y = labels[batch].to(self.device)
-            previous = [t.detach().clone() for t in state]
-            with self.autocast:
-                loss = self.loss(x, y, g)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if state:
-                ma_update(state, previous, cfg.ma_beta)
-            total += loss.detach().float()
+            total += self.step(x, y, g, state).float()
         return float(total) / n_steps
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, n_classes) of the given rows."""
-        return predict_proba(self.model, self.data.features, rows,
-                             self.cfg.train.eval_batch_size, self.autocast)
+        """Class probabilities (n, n_classes) of the given rows (each rank predicts its share
+        and every rank gets all of them)."""
+        probs = predict_proba(self.model, self.data.features, self.dist.shard_rows(rows),
+                              self.cfg.train.eval_batch_size, self.autocast)
+        return self.dist.gather_array(probs, len(rows))
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -212,6 +248,18 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.projector is not None:
             self.projector.load_state_dict(state["projector"])
+
+
+class _StepLoss(nn.Module):
+    """`Run.loss` as a module over the run's modules, so DistributedDataParallel wraps it."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.model, self.projector = run.model, run.projector
+        self.run = run
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.run.loss(x, y, g)
 
 
 @torch.inference_mode()
@@ -234,11 +282,14 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
     """Train (or resume) one run into `out_dir`; returns its summary (also ``summary.json``).
 
     `stop_after_epoch` ends the run early, as an interruption would, leaving ``last.pt`` to
-    resume from; the returned dict then has ``"finished": False``.
+    resume from; the returned dict then has ``"finished": False``. Under ``torchrun`` every
+    rank calls this with the same arguments (`out_dir` on a file system they share, for
+    resuming); every rank returns the summary, only rank 0 writes and shows progress.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    job, device = distributed.init_from_env(resolve_device(cfg.train.device))
+    main, progress = job.is_main, progress and job.is_main
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
     run = Run(cfg, data, device)
@@ -254,7 +305,8 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
                              "output folder or delete it")
         run.load_state(saved["state"])
         history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
-    write_json_atomic(out / "config.json", to_dict(cfg))
+    if main:
+        write_json_atomic(out / "config.json", to_dict(cfg))
     started = time.perf_counter()
     labels = data.cycles["label"].to_numpy()
     for epoch in range(start, cfg.train.epochs + 1):
@@ -276,30 +328,38 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         for protocol, chosen in candidates.items():
             if chosen:
                 best[protocol] = {**record, "test": test}
+                if not main:
+                    continue
                 _write_predictions(out / f"predictions-{protocol}.csv", data, test_rows, probs)
                 if protocol != "last":
                     _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
                                   "epoch": epoch}, out / f"best-{protocol}.pt")
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        _atomic_save({"state": run.state(), "history": history, "best": best, "epoch": epoch,
-                      "config": to_dict(cfg)}, checkpoint)
+        if main:
+            write_text_atomic(out / "metrics.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in history))
+            _atomic_save({"state": run.state(), "history": history, "best": best,
+                          "epoch": epoch, "config": to_dict(cfg)}, checkpoint)
         if progress:
             tqdm.write(f"epoch {epoch:>3}  loss {loss:.4f}  test Sp {test['sp']:.1f} "
                        f"Se {test['se']:.1f} Score {test['score']:.1f}"
                        + (f"  val Score {record['val_score']:.1f}" if len(val_rows) else ""))
         if stop_after_epoch is not None and epoch == stop_after_epoch < cfg.train.epochs:
+            job.barrier()  # rank 0's files are written when any rank returns
             return {"finished": False, "epoch": epoch}
     summary = {
         "finished": True,
         "profile": cfg.profile, "method": cfg.method.name, "seed": cfg.seed,
         "data": data.root, "synthetic": data.synthetic, "weights": run.model.weights,
         "device": str(device), "epochs": cfg.train.epochs,
+        **({"processes": job.world_size} if job.enabled else {}),
         "protocols": {p: _protocol_summary(best[p]) for p in PROTOCOLS if p in best},
         "seconds_this_session": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(out / "summary.json", summary)
-    _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
-                  "epoch": cfg.train.epochs}, out / "final.pt")
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+        _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
+                      "epoch": cfg.train.epochs}, out / "final.pt")
+    job.barrier()
     return summary
 
 
