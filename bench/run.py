@@ -139,10 +139,13 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `Run.step` (loss, backward, Adam, ma_update) of one variant on random cycles."""
     import variants
 
+    from patchmix.config import with_overrides
     from patchmix.train import Run, _float_state
 
     b = spec["batch"]
     cfg = experiment_config(spec["profile"], spec["method"], spec["precision"], b)
+    if spec.get("overrides"):  # e.g. ["model.checkpoint_blocks=true"]
+        cfg = with_overrides(cfg, spec["overrides"])
     data = random_data(b)
     run = Run(cfg, data, torch.device("cpu"))
     step = variants.prepare(run, spec["variant"])

@@ -417,3 +417,21 @@ def test_backbone_names_and_shapes_are_the_official_checkpoint_keys():
     assert got == expected
     assert {k: tuple(v.shape) for k, v in model.head.state_dict().items()} == {
         "0.weight": (768,), "0.bias": (768,), "1.weight": (4, 768), "1.bias": (4,)}
+
+
+def test_checkpointed_blocks_give_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = AST(ModelConfig(embed_dim=32, depth=2, num_heads=2, stride=32))
+    ckpt = AST(ModelConfig(embed_dim=32, depth=2, num_heads=2, stride=32,
+                           checkpoint_blocks=True))
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 798, 128)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), ckpt(x))

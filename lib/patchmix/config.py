@@ -101,6 +101,9 @@ class ModelConfig:
     weights: Weights = "none"  # "imagenet": DeiT; "audioset": ImageNet + AudioSet AST
     imagenet_checkpoint: str = ""  # local DeiT file; "" → timm's download (online only)
     audioset_checkpoint: str = ""  # local audioset_10_10_0.4593.pth (official key format)
+    # recompute each block's activations during backward (activation checkpointing): the same
+    # numbers with far less memory (AST-base, Patch-Mix CL, batch 8), at the cost of time
+    checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.pos_embed not in ("ast", "official"):

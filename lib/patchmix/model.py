@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from patchmix.config import ModelConfig, PosEmbedRule
 
@@ -102,7 +103,12 @@ class AST(nn.Module):
         b = tokens.shape[0]
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(b, -1, -1)  # (B, 2, D)
         x = torch.cat([prefix, tokens], dim=1) + self.pos_embed  # (B, 950, D)
-        x = self.norm(self.blocks(x))  # (B, 950, D)
+        if self.cfg.checkpoint_blocks and torch.is_grad_enabled():
+            for block in self.blocks:  # activations recomputed in backward, not stored
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        x = self.norm(x)  # (B, 950, D)
         return (x[:, 0] + x[:, 1]) / 2  # (B, D)
 
     def forward_features(self, x: Tensor) -> Tensor:
