@@ -141,3 +141,19 @@ def test_run_cache_returns_without_training_and_seeds_aggregate(smoke_data, tmp_
     scores = table[table.protocol == "last"]["score"]
     assert last["seeds"] == 2 and math.isclose(last["score_mean"], scores.mean())
     assert math.isclose(last["score_sd"], scores.std(ddof=1), abs_tol=1e-12)
+
+
+def test_compiled_blocks_train_like_eager_and_keep_checkpoint_keys(smoke_data, tmp_path):
+    from patchmix.experiment import load_trained
+
+    cfg, data = smoke_data
+    cfg = with_overrides(cfg, ["epochs=1", "max_steps_per_epoch=2", "method.name=patchmix_cl"])
+    eager = fit(cfg, data, tmp_path / "eager", progress=False)
+    compiled = fit(with_overrides(cfg, ["train.compile=true"]), data, tmp_path / "compiled",
+                   progress=False)
+    loss = [json.loads((tmp_path / d / "metrics.jsonl").read_text())["train_loss"]
+            for d in ("eager", "compiled")]
+    assert loss[1] == pytest.approx(loss[0], rel=1e-4)
+    assert compiled["protocols"]["last"]["confusion"] == eager["protocols"]["last"]["confusion"]
+    model, _ = load_trained(tmp_path / "compiled" / "final.pt")  # plain AST, same key names
+    assert model.cfg.embed_dim == cfg.model.embed_dim

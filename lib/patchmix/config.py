@@ -186,6 +186,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole training set every epoch
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    # torch.compile each transformer block in place (state_dict keys unchanged); off by default
+    # until it is shown to help on the device at hand (bench/README.md)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:

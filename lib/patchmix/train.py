@@ -126,6 +126,9 @@ class Run:
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(cfg.seed)
         self.model: AST = build_model(cfg.model).to(device)
+        if cfg.train.compile:
+            for block in self.model.blocks:  # in place: checkpoints keep their key names
+                block.compile()
         self.projector = (Projector(cfg.model.embed_dim).to(device)
                           if cfg.method.name == "patchmix_cl" else None)
         modules: list[nn.Module] = [self.model] + ([self.projector] if self.projector else [])
@@ -227,7 +230,9 @@ class Run:
                    disable=not progress, leave=False)
         for step in bar:
             batch = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            x = torch.from_numpy(self.data.features[batch]).to(self.device)  # (B, T, F)
+            x = torch.from_numpy(self.data.features[batch])  # (B, T, F)
+            if self.device.type == "cuda":  # pinned host memory: an asynchronous copy
+                x = x.pin_memory().to(self.device, non_blocking=True)
             y = labels[batch].to(self.device)
             total += self.step(x, y, g, state).float()
         return float(total) / n_steps
