@@ -13,7 +13,7 @@ import torch
 
 from patchmix.config import ModelConfig, config_hash, notebook_config, profile, with_overrides
 from patchmix.experiment import aggregate, baselines
-from patchmix.latent import encode_cycles, knn_scores, mix_alignment, silhouettes
+from patchmix.latent import Encoded, encode_cycles, knn_scores, mix_alignment, silhouettes
 from patchmix.model import AST
 from patchmix.report import (
     PAPER_TABLE,
@@ -150,8 +150,18 @@ def test_encode_cycles_and_mix_alignment_on_a_tiny_model():
     with torch.inference_mode():
         direct = model.encode(model.embed(torch.from_numpy(features[:4]))).numpy()
     np.testing.assert_allclose(enc.clean[:4], direct, rtol=1e-5, atol=1e-6)
-    share = mix_alignment(enc)
-    assert math.isnan(share) or 0.0 <= share <= 100.0
+
+
+def test_mix_alignment_counts_mixes_nearer_their_dominant_source():
+    clean = np.eye(4)
+    partner = np.array([1, 0, 3, 2])
+    lam = np.full(4, 0.7)  # each mixed sample keeps 70 % of its own patches
+    own_heavy = Encoded(clean, 0.7 * clean + 0.3 * clean[partner], partner, lam)
+    partner_heavy = Encoded(clean, 0.3 * clean + 0.7 * clean[partner], partner, lam)
+    assert mix_alignment(own_heavy) == 100.0
+    assert mix_alignment(partner_heavy) == 0.0
+    self_pairs = Encoded(clean, clean, np.arange(4), lam)  # partner = itself: left out
+    assert math.isnan(mix_alignment(self_pairs))
 
 
 def test_baselines_never_repeat_ce_when_specaugment_is_always_on():

@@ -70,7 +70,7 @@ def knn_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     structure the feature space holds without the trained head.
     """
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine")
-    pred = knn.fit(_unit(train_x), train_y).predict(_unit(test_x))
+    pred = knn.fit(train_x, train_y).predict(test_x)  # cosine: no normalising needed
     scores = icbhi_scores(test_y, pred)
     return {"knn_sp": scores["sp"], "knn_se": scores["se"], "knn_score": scores["score"],
             "knn_accuracy": 100.0 * float(np.mean(pred == np.asarray(test_y)))}

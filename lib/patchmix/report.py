@@ -266,5 +266,5 @@ def readme_table(table1_csv: str | Path) -> str:
     keep = table["method"].isin(README_TABLE_METHODS) & table["protocol"].isin(
         ["best_test", "last"])
     shown = with_sd(table[keep])[["source", "method", "protocol", "sp", "se", "score", "seeds"]]
-    shown["seeds"] = shown["seeds"].fillna("–").astype(str)
+    shown["seeds"] = shown["seeds"].astype(str)  # "–" or a count, as paper_comparison wrote
     return markdown_table(shown)
