@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     train("paper", "ce", 2, steps=2)
     train("paper", "patchmix_cl", 8, precision="bf16", steps=1)
     evaluate("paper", 8, 1, reps=1)
+    # what each block keeps for backward (the fast step is "lean"); with the warm-up step, as
+    # every job: only from the second step on does the peak include Adam's state
+    train("paper", "patchmix_cl", 8, "store", steps=1)
+    train("paper", "patchmix_cl", 8, "checkpoint", steps=1, optional=True)
     train("paper", "patchmix_cl", 8, "split", steps=1, optional=True)
     train("paper", "patchmix_cl", 4, "two_forwards", steps=1, optional=True)
     train("paper", "patchmix_cl", 4, "unfused", steps=1, optional=True)
@@ -144,8 +149,9 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     b = spec["batch"]
     cfg = experiment_config(spec["profile"], spec["method"], spec["precision"], b)
-    if spec.get("overrides"):  # e.g. ["model.checkpoint_blocks=true"]
-        cfg = with_overrides(cfg, spec["overrides"])
+    overrides = variants.OVERRIDES.get(spec["variant"], []) + spec.get("overrides", [])
+    if overrides:  # e.g. ["model.activations=store"]
+        cfg = with_overrides(cfg, overrides)
     data = random_data(b)
     run = Run(cfg, data, torch.device("cpu"))
     step = variants.prepare(run, spec["variant"])
@@ -225,13 +231,15 @@ def step_flops(profile: str, method: str, batch: int) -> float:
     """Model FLOPs of one training step (forward + backward), counted by torch's
     FlopCounterMode on the meta device: the patch conv, every linear and the attention
     products of the B (``ce``) or 2B (Patch-Mix CL: clean + mixed) sequences, plus the
-    projector. Recomputation inside the fused attention backward is not counted."""
+    projector. Recomputation is not counted: neither inside the fused attention backward nor
+    that of ``model.activations="lean"`` (the blocks are counted as ``"store"``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from patchmix.losses import Projector
     from patchmix.model import AST
 
-    cfg = experiment_config(profile, method)
+    cfg = experiment_config(profile, method)  # model FLOPs: no recomputation of any kind
+    cfg = replace(cfg, model=replace(cfg.model, activations="store"))
     with torch.device("meta"):
         model = AST(cfg.model)
         projector = Projector(cfg.model.embed_dim)

@@ -10,6 +10,9 @@ they compute the same loss (up to rounding):
 - ``two_forwards``: Patch-Mix CL with a clean forward ``forward_features(x)`` and a separate
   mixed forward (patch embedding run twice, two `encode` calls), as the official code does;
 - ``naive``: both of the above — the computation written naively;
+- ``store`` / ``checkpoint``: the fast step with ``model.activations`` set to ``"store"``
+  (every activation autograd saves is kept) or ``"checkpoint"`` (each block recomputed in
+  backward) instead of the ``paper`` geometry's ``"lean"``; the same gradients, bit for bit;
 - ``split``: Patch-Mix CL with the clean forward and its CE backward done before the mixed
   forward and the contrastive backward (gradients accumulated; the contrastive target is the
   detached clean feature, so nothing else changes). Half the activations are alive at once; a
@@ -26,7 +29,10 @@ from patchmix.losses import contrastive_target, patchmix_contrastive_loss
 from patchmix.patchmix import patch_mix
 from patchmix.train import Run, ma_update
 
-VARIANTS = ("fast", "unfused", "two_forwards", "naive", "split")
+VARIANTS = ("fast", "unfused", "two_forwards", "naive", "split", "store", "checkpoint")
+# configuration overrides a variant runs with; the naive step keeps every activation
+OVERRIDES = {"naive": ["model.activations=store"], "store": ["model.activations=store"],
+             "checkpoint": ["model.activations=checkpoint"]}
 
 
 def set_fused_attention(run: Run, fused: bool) -> None:

@@ -63,3 +63,25 @@ def test_quick_bench_writes_the_result_json(tmp_path):
                         and f["variant"] == "fast" and f["precision"] == "fp32"
                         and (f["method"], f["batch"]) == (m["method"], m["batch"]))
             assert m["losses"] == pytest.approx(fast["losses"], rel=1e-3)
+
+
+def _worker(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--worker",
+                           json.dumps(spec)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")][-1]
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+@pytest.mark.slow
+def test_activation_variants_train_exactly_like_the_fast_step():
+    # "lean" (the paper geometry's default), "store" and "checkpoint" keep different tensors
+    # for backward and must not change a single number of training
+    spec = {"kind": "train", "profile": "demo", "method": "patchmix_cl", "batch": 4,
+            "precision": "fp32", "steps": 3, "warmup": 0, "threads": 1}
+    losses = {variant: _worker({**spec, "variant": variant})["losses"]
+              for variant in ("store", "checkpoint")}
+    losses["lean"] = _worker({**spec, "variant": "fast",
+                              "overrides": ["model.activations=lean"]})["losses"]
+    assert len(losses["store"]) == 3 and len(set(losses["store"])) == 3  # training moved
+    assert losses["lean"] == losses["store"] == losses["checkpoint"]

@@ -5,6 +5,9 @@ embedding of the 128 mel × 798 frame fbank: 12 × 79 = 948 tokens, frequency-ma
 pass is split at the two places the Patch-Mix code needs: `embed` (conv only) and `encode`
 (CLS + DIST, positional embedding, blocks, final norm, mean of the two prefix outputs), so that
 tokens can be mixed in between and a clean and a mixed batch can share one `encode` call.
+What each block keeps for the backward pass is `ModelConfig.activations`: everything
+(``"store"``), only the outputs of attention and of the widening matmuls (``"lean"``, selective
+activation checkpointing) or only its input (``"checkpoint"``); the gradients are the same.
 
 Positional embeddings of a pretrained grid are fitted to ours by `adapt_pos_embed`, with the AST
 rule (``"ast"``, correct) or the official code's swapped-dimension quirk (``"official"``).
@@ -24,7 +27,11 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from patchmix.config import ModelConfig, PosEmbedRule
 
@@ -103,11 +110,13 @@ class AST(nn.Module):
         b = tokens.shape[0]
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(b, -1, -1)  # (B, 2, D)
         x = torch.cat([prefix, tokens], dim=1) + self.pos_embed  # (B, 950, D)
-        if self.cfg.checkpoint_blocks and torch.is_grad_enabled():
-            for block in self.blocks:  # activations recomputed in backward, not stored
-                x = checkpoint(block, x, use_reentrant=False)
+        mode = self.cfg.activations
+        if mode == "store" or not torch.is_grad_enabled() or _is_compiled(self.blocks[0]):
+            x = self.blocks(x)  # (compiled blocks: the compiler plans what to recompute itself)
         else:
-            x = self.blocks(x)
+            lean = {"context_fn": _lean_contexts} if mode == "lean" else {}
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False, **lean)
         x = self.norm(x)  # (B, 950, D)
         return (x[:, 0] + x[:, 1]) / 2  # (B, D)
 
@@ -118,6 +127,42 @@ class AST(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Fbank (B, T, F) → logits (B, n_classes)."""
         return self.head(self.forward_features(x))
+
+
+# --- activation memory ---------------------------------------------------------------------
+
+_aten = torch.ops.aten
+_ATTENTION_OPS = frozenset(
+    getattr(_aten, name).default for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+    if hasattr(_aten, name))
+
+
+def _lean_policy(ctx: object, op: object, *args: object, **kwargs: object) -> CheckpointPolicy:
+    """What a ``"lean"`` block keeps for backward: the fused attention's outputs and the outputs
+    of the two widening matmuls, qkv (D → 3D) and fc1 (D → 4D): 9 of the 16 activation tensors
+    per token that a plain block stores. Everything else is recomputed in backward from those
+    and the block input: LayerNorms, GELU, views, residual adds, and proj (D → D, 1/12 of the
+    block's linear FLOPs). fc2 (4D → D) is marked for recomputation but never rerun: no backward
+    needs its output, and the non-reentrant checkpoint stops recomputing once it has every
+    tensor the backward asked for."""
+    if op in _ATTENTION_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    if op is _aten.addmm.default or op is _aten.mm.default:
+        n_in, n_out = args[-1].shape  # linear's transposed weight (in, out)
+        if n_out > n_in:
+            return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _lean_contexts() -> tuple[object, object]:
+    return create_selective_checkpoint_contexts(_lean_policy)
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    """Whether `module.compile()` was called (torch keeps the compiled forward there)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 def count_parameters(model: nn.Module, backbone_only: bool = True) -> int:
