@@ -434,7 +434,7 @@ class _CountOps(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_activation_modes_give_bit_identical_gradients_and_lean_reruns_no_matmul(precision):
+def test_activation_modes_give_bit_identical_gradients_and_lean_recomputes_little(precision):
     torch.manual_seed(0)
     geometry = dict(embed_dim=32, depth=2, num_heads=2, stride=32)
     models = {mode: AST(ModelConfig(**geometry, activations=mode))
