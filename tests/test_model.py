@@ -468,3 +468,13 @@ def test_activation_modes_give_bit_identical_gradients_and_lean_recomputes_littl
 def test_activations_mode_is_validated():
     with pytest.raises(ValueError, match="activations"):
         ModelConfig(activations="none")
+
+
+def test_compiled_blocks_are_recognised_so_lean_leaves_them_to_the_compiler():
+    # `encode` skips the lean checkpoint wrapper for compiled blocks; that rests on
+    # `_is_compiled`, which reads a private torch attribute set by `Module.compile()`
+    model = AST(ModelConfig(embed_dim=32, depth=1, num_heads=2, stride=32))
+    block = model.blocks[0]
+    assert not model_mod._is_compiled(block)
+    block.compile()  # lazy: nothing is compiled until the block is called
+    assert model_mod._is_compiled(block)
