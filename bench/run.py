@@ -6,6 +6,7 @@ evaluation measurement runs in a fresh worker process (``--worker SPEC``) so tha
 resident memory (``VmHWM``, a high-water mark) is its own. ``--quick`` (CI, under 2 minutes)
 measures the ``demo`` model only, with tiny counts; the full run adds AST-base (the ``paper``
 geometry, random initialisation: no weights needed) and stays under 15 minutes on 2 CPU cores.
+The methods measured are the paper's and its reference, as the method registry names them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-MINI = REPO.parent / "shared" / "data" / "icbhi-mini"
 RESULT_TAG = "BENCH_RESULT "
 SCHEMA = 1
 
@@ -53,37 +53,44 @@ def plan(quick: bool) -> list[dict[str, Any]]:
         jobs.append({"kind": "eval", "profile": profile, "batch": batch, "batches": batches,
                      "reps": reps, "optional": optional})
 
+    ce, cl = measured_methods()
     demo_steps = 3 if quick else 10
-    for method in ("ce", "patchmix_cl"):
+    for method in (ce, cl):
         for batch in (8, 2):
             train("demo", method, batch, steps=demo_steps)
             train("demo", method, batch, "naive", steps=demo_steps)
-    train("demo", "patchmix_cl", 8, precision="bf16", steps=demo_steps)
+    train("demo", cl, 8, precision="bf16", steps=demo_steps)
     if not quick:
-        train("demo", "patchmix_cl", 4, steps=demo_steps)
-        train("demo", "patchmix_cl", 4, "naive", steps=demo_steps)
-        for variant in ("unfused", "two_forwards", "split"):
-            train("demo", "patchmix_cl", 8, variant, steps=demo_steps)
+        train("demo", cl, 4, steps=demo_steps)
+        train("demo", cl, 4, "naive", steps=demo_steps)
+        for variant in ("unfused", "two_forwards"):
+            train("demo", cl, 8, variant, steps=demo_steps)
     evaluate("demo", 64, 2, reps=2 if quick else 5)
     if quick:
         return jobs
     # AST-base costs seconds per cycle: 1 warm-up step, then 1 timed step (2 at batch 2)
-    train("paper", "patchmix_cl", 4, steps=1)  # the naive-vs-fast comparison
-    train("paper", "patchmix_cl", 4, "naive", steps=1)
-    train("paper", "patchmix_cl", 8, steps=1)
-    train("paper", "ce", 8, steps=1)
-    train("paper", "patchmix_cl", 2, steps=2)
-    train("paper", "ce", 2, steps=2)
-    train("paper", "patchmix_cl", 8, precision="bf16", steps=1)
+    train("paper", cl, 4, steps=1)  # the naive-vs-fast comparison
+    train("paper", cl, 4, "naive", steps=1)
+    train("paper", cl, 8, steps=1)
+    train("paper", ce, 8, steps=1)
+    train("paper", cl, 2, steps=2)
+    train("paper", ce, 2, steps=2)
+    train("paper", cl, 8, precision="bf16", steps=1)
     evaluate("paper", 8, 1, reps=1)
     # what each block keeps for backward (the fast step is "lean"); with the warm-up step, as
     # every job: only from the second step on does the peak include Adam's state
-    train("paper", "patchmix_cl", 8, "store", steps=1)
-    train("paper", "patchmix_cl", 8, "checkpoint", steps=1, optional=True)
-    train("paper", "patchmix_cl", 8, "split", steps=1, optional=True)
-    train("paper", "patchmix_cl", 4, "two_forwards", steps=1, optional=True)
-    train("paper", "patchmix_cl", 4, "unfused", steps=1, optional=True)
+    train("paper", cl, 8, "store", steps=1)
+    train("paper", cl, 8, "checkpoint", steps=1, optional=True)
+    train("paper", cl, 4, "two_forwards", steps=1, optional=True)
+    train("paper", cl, 4, "unfused", steps=1, optional=True)
     return jobs
+
+
+def measured_methods() -> tuple[str, str]:
+    """The reference fine-tuning and the paper's method, by their registered names."""
+    from patchmix.methods import method_with_role
+
+    return method_with_role("reference").name, method_with_role("proposed").name
 
 
 def key(job: dict[str, Any]) -> str:
@@ -104,14 +111,19 @@ def experiment_config(profile: str, method: str, precision: str = "fp32", batch:
 
 
 def random_data(n: int, seed: int = 0):
-    """`patchmix.train.Data` of n random training cycles (n, 798, 128), labels 0..3."""
+    """`patchmix.datasets.Data` of n random training cycles (n, 798, 128), labels 0..3."""
     import pandas as pd
 
-    from patchmix.train import Data
+    from patchmix.datasets import Data, DataSet
+
+    def unreadable(*args: Any) -> Any:
+        raise NotImplementedError("random benchmark data has no folder")
 
     features = np.random.default_rng(seed).standard_normal((n, 798, 128), dtype=np.float32)
     cycles = pd.DataFrame({"split": ["train"] * n, "label": np.arange(n) % 4})
-    return Data(cycles, features, "random", True)
+    random = DataSet("random", "random features (benchmark)", unreadable,
+                     detect=lambda path: False, synthetic=True)
+    return Data(cycles, features, "random", random)
 
 
 def max_rss_mb() -> float:
@@ -149,7 +161,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     b = spec["batch"]
     cfg = experiment_config(spec["profile"], spec["method"], spec["precision"], b)
-    overrides = variants.OVERRIDES.get(spec["variant"], []) + spec.get("overrides", [])
+    overrides = [*variants.VARIANTS[spec["variant"]].overrides, *spec.get("overrides", [])]
     if overrides:  # e.g. ["model.activations=store"]
         cfg = with_overrides(cfg, overrides)
     data = random_data(b)
@@ -163,7 +175,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     times, losses = [], []
     for _ in range(spec["warmup"] + spec["steps"]):
         start = time.perf_counter()
-        loss = step(x, y, g, state)
+        loss, _ = step(x, y, g, state)
         times.append(time.perf_counter() - start)
         losses.append(float(loss))
     timed = times[spec["warmup"]:]
@@ -178,7 +190,7 @@ def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from patchmix.model import build_model
     from patchmix.train import predict_proba
 
-    cfg = experiment_config(spec["profile"], "ce")
+    cfg = experiment_config(spec["profile"], measured_methods()[0])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     b, n = spec["batch"], spec["batch"] * spec["batches"]
@@ -228,30 +240,29 @@ def matmul_flops(n: int, dtype: torch.dtype, reps: int = 3) -> float:
 
 
 def step_flops(profile: str, method: str, batch: int) -> float:
-    """Model FLOPs of one training step (forward + backward), counted by torch's
-    FlopCounterMode on the meta device: the patch conv, every linear and the attention
-    products of the B (``ce``) or 2B (Patch-Mix CL: clean + mixed) sequences, plus the
-    projector. Recomputation is not counted: neither inside the fused attention backward nor
-    that of ``model.activations="lean"`` (the blocks are counted as ``"store"``)."""
+    """Model FLOPs of one training step (forward + backward) of `method`, counted by torch's
+    FlopCounterMode while the method's own objective runs on the meta device (nothing is
+    computed): the patch conv, every linear and the attention products of the sequences the
+    method encodes (B for fine-tuning, 2B for Patch-Mix CL: clean + mixed), the projector and
+    the loss's matmuls. Recomputation is not counted: neither inside the fused attention
+    backward nor that of ``model.activations="lean"`` (the blocks are counted as ``"store"``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from patchmix.losses import Projector
+    from patchmix.methods import Net, get_method
     from patchmix.model import AST
+    from patchmix.train import Objective
 
     cfg = experiment_config(profile, method)  # model FLOPs: no recomputation of any kind
     cfg = replace(cfg, model=replace(cfg.model, activations="store"))
+    labels = np.arange(batch) % cfg.model.n_classes
     with torch.device("meta"):
         model = AST(cfg.model)
-        projector = Projector(cfg.model.embed_dim)
+        objective = Objective(model, get_method(method)(cfg, labels), Net(model))
         x = torch.empty(batch, cfg.model.n_frames, cfg.model.n_mels)
+        y = torch.tensor(labels)
+    g = torch.Generator().manual_seed(0)
     with FlopCounterMode(display=False) as counter:
-        tokens = model.embed(x)  # (B, N, D)
-        if method == "patchmix_cl":
-            clean, mixed = model.encode(torch.cat([tokens, tokens.flip(0)])).chunk(2)
-            loss = model.head(clean).sum() + projector(mixed).sum()
-        else:
-            loss = model.head(model.encode(tokens)).sum()
-        loss.backward()
+        sum(objective(x, y, g).values()).backward()
     return float(counter.get_total_flops())
 
 
@@ -295,7 +306,7 @@ def verify_fused_attention(profile: str, precision: str) -> dict[str, Any]:
             self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    cfg = experiment_config(profile, "ce", precision)
+    cfg = experiment_config(profile, measured_methods()[0], precision)
     torch.manual_seed(0)
     model = build_model(cfg.model)
     x = torch.randn(1, cfg.model.n_frames, cfg.model.n_mels)
@@ -316,10 +327,10 @@ def verify_fused_attention(profile: str, precision: str) -> dict[str, Any]:
 def feature_throughput(root: Path, cache: str) -> dict[str, Any]:
     """Cycles/s of `cycle_features` with an empty cache (cold: audio → fbank → memmap) and a
     filled one (warm: find the file and read every feature), plus the cost of one batch read."""
+    from patchmix.datasets import read_cycles
     from patchmix.features import cycle_features
-    from patchmix.icbhi import read_icbhi
 
-    cycles = read_icbhi(root).reset_index(drop=True)
+    cycles = read_cycles(root)[1].reset_index(drop=True)
     n = len(cycles)
     start = time.perf_counter()
     cycle_features(cycles, cache_dir=cache, progress=False)
@@ -343,16 +354,18 @@ def feature_throughput(root: Path, cache: str) -> dict[str, Any]:
 def loss_curve(root: Path, cache: str, steps: int) -> dict[str, Any]:
     """The demo model's training loss over `steps` steps in fp32 and in bf16 autocast, from the
     same seed, on the same batches and augmentation draws (ICBHI-mini features when present)."""
+    from patchmix.datasets import Data, read_cycles
     from patchmix.features import cycle_features
-    from patchmix.icbhi import read_icbhi
-    from patchmix.train import Data, Run, _float_state
+    from patchmix.train import Run, _float_state
 
-    cycles = read_icbhi(root).reset_index(drop=True)
+    dataset, cycles = read_cycles(root)
+    cycles = cycles.reset_index(drop=True)
     features = np.array(cycle_features(cycles, cache_dir=cache, progress=False))  # warm
-    data = Data(cycles, features, str(root), bool(cycles.attrs.get("synthetic", False)))
+    data = Data(cycles, features, str(root), dataset)
+    method = measured_methods()[1]
     curves = {}
     for precision in ("fp32", "bf16"):
-        cfg = experiment_config("demo", "patchmix_cl", precision)
+        cfg = experiment_config("demo", method, precision)
         run = Run(cfg, data, torch.device("cpu"))
         state = _float_state(run.modules) if cfg.train.ma_beta > 0 else []
         rows = data.rows("train")
@@ -362,10 +375,10 @@ def loss_curve(root: Path, cache: str, steps: int) -> dict[str, Any]:
         for _ in range(steps):
             batch = np.sort(rows[torch.randperm(len(rows), generator=g)[:cfg.train.batch_size]])
             x = torch.from_numpy(np.ascontiguousarray(data.features[batch]))
-            losses.append(float(run.step(x, labels[batch], g, state)))
+            losses.append(float(run.step(x, labels[batch], g, state)[0]))
         curves[precision] = losses
     diff = np.abs(np.array(curves["fp32"]) - np.array(curves["bf16"]))
-    return {"profile": "demo", "method": "patchmix_cl", "steps": steps,
+    return {"profile": "demo", "method": method, "steps": steps,
             "data": data.root, **curves, "max_abs_diff": float(diff.max()),
             "mean_abs_diff": float(diff.mean())}
 
@@ -393,7 +406,12 @@ def environment() -> dict[str, Any]:
 
 
 def data_root(arg: str | None) -> Path | None:
-    root = Path(arg or os.environ.get("ICBHI_ROOT") or MINI)
+    """``--data``, else ``$ICBHI_ROOT``; None when neither is a folder of recordings (a small
+    synthetic set is then made for the run)."""
+    text = arg or os.environ.get("ICBHI_ROOT")
+    if not text:
+        return None
+    root = Path(text)
     return root if (root / "ICBHI_final_database").is_dir() or any(root.glob("*.wav")) else None
 
 
@@ -446,12 +464,12 @@ def bench(quick: bool, out_dir: Path, data_arg: str | None, budget_s: float,
     peak: dict[str, dict[str, float]] = {"train": {}, "naive_train": {}, "variant_train": {},
                                          "eval": {}}
     result.update(sections, peak_mem_mb=peak, skipped=[], measurements=[])
-    seconds_per_seq: list[float] = []
+    seconds_per_flop: list[float] = []  # of the AST-base fp32 fast steps, for budget estimates
     for job in plan(quick):
         k = key(job)
-        if job["optional"] and seconds_per_seq:
-            seqs = job["batch"] * (2 if job["method"] == "patchmix_cl" else 1)
-            estimate = statistics.median(seconds_per_seq) * seqs * (job["warmup"] + job["steps"])
+        if job["optional"] and seconds_per_flop:
+            flops = step_flops(job["profile"], job["method"], job["batch"])
+            estimate = statistics.median(seconds_per_flop) * flops * (job["warmup"] + job["steps"])
             if time.perf_counter() - started + estimate + 15 > budget_s:
                 result["skipped"].append({**job, "estimated_s": estimate})
                 say(f"skipped {job['variant']} {k}: ~{estimate:.0f} s would pass the budget")
@@ -484,8 +502,7 @@ def bench(quick: bool, out_dir: Path, data_arg: str | None, budget_s: float,
             sections["efficiency"][label] = flops / got["step_s"] / (
                 bf16 if job["precision"] == "bf16" else fp32)
             if job["profile"] == "paper" and job["precision"] == "fp32":
-                seqs = job["batch"] * (2 if job["method"] == "patchmix_cl" else 1)
-                seconds_per_seq.append(got["step_s"] / seqs)
+                seconds_per_flop.append(got["step_s"] / flops)
         say(f"{job['variant']:>12} {label}: {got['step_s']:.3f} s/step, "
             f"peak {got['peak_mem_mb']:.0f} MB")
 
@@ -519,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="demo model only, tiny counts (CI)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     parser.add_argument("--data", help="ICBHI-layout folder for the feature throughput "
-                                       "(default $ICBHI_ROOT, else ../shared/data/icbhi-mini)")
+                                       "(default $ICBHI_ROOT, else a small synthetic set)")
     parser.add_argument("--budget", type=float, default=840.0,
                         help="seconds; optional measurements that would pass it are skipped")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real ICBHI-mini recordings and hand-made ICBHI-layout folders."""
+"""Shared fixtures: the real ICBHI-mini recordings, hand-made ICBHI-layout folders, a small
+synthetic set ready to train on (smoke profile), and random training data."""
 
 from __future__ import annotations
 
@@ -70,3 +71,42 @@ def make_data(tmp_path: Path) -> MakeData:
         return root
 
     return build
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from patchmix.synth import make_synthetic_icbhi
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_icbhi(root, 24, seed=5, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_data(synth_root, tmp_path_factory, monkeypatch_module):
+    """The smoke profile on a 24-recording synthetic set, and that data with its features
+    (in a feature cache of this test module's own)."""
+    from patchmix.config import profile, with_overrides
+    from patchmix.datasets import load_data
+
+    monkeypatch_module.setenv("PATCHMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    cfg = with_overrides(profile("smoke"), [f"data.root={synth_root}"])
+    return cfg, load_data(cfg.data, progress=False)
+
+
+def random_data(n: int = 8, seed: int = 0):
+    """`patchmix.datasets.Data` of n random training cycles (n, 798, 128), labels 0..3."""
+    import pandas as pd
+
+    from patchmix.datasets import Data, get_dataset
+
+    features = np.random.default_rng(seed).standard_normal((n, 798, 128), dtype=np.float32)
+    cycles = pd.DataFrame({"split": ["train"] * n, "label": np.arange(n) % 4})
+    return Data(cycles, features, "random", get_dataset("synthetic"))

@@ -182,7 +182,7 @@ def test_sample_lambda():
     assert abs(np.mean(lams) - 0.5) < 0.03 and abs(np.var(lams) - 1 / 7.2) < 0.01
     assert sample_lambda(0.4, gen(9)) == sample_lambda(0.4, gen(9))
     assert sample_lambda(1.0, gen(9)) == sample_lambda(1.0, gen(9))
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match="beta must be positive"):
         sample_lambda(0.0, gen(0))
 
 

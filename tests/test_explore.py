@@ -11,7 +11,8 @@ import torch
 
 from patchmix import explore
 from patchmix.audio import recording_cycles
-from patchmix.icbhi import CLASSES, read_icbhi, summarize
+from patchmix.datasets import CLASSES
+from patchmix.icbhi import read_icbhi, summarize
 from patchmix.synth import make_synthetic_icbhi
 
 

@@ -10,14 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchmix.icbhi import (
-    CYCLE_COLUMNS,
-    DataError,
-    patient_folds,
-    read_icbhi,
-    summarize,
-    validation_split,
-)
+from patchmix.datasets import DataError, patient_folds, validation_split
+from patchmix.icbhi import CYCLE_COLUMNS, read_icbhi, summarize
 
 TWO = {"101_1b1_Al_sc_Meditron": "test", "103_2b2_Ar_mc_LittC2SE": "train"}
 

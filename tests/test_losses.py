@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from patchmix.config import MethodConfig
 from patchmix.losses import (
-    ALPHA,
-    TEMPERATURE,
     Projector,
     contrastive_target,
     patchmix_ce,
@@ -67,7 +64,7 @@ INDICES = [
 
 @pytest.mark.parametrize("index", INDICES)
 @pytest.mark.parametrize("lam", [0.0, 0.25, 0.5, 0.9, 1.0])
-@pytest.mark.parametrize("tau", [TEMPERATURE, 0.2, 1.0])
+@pytest.mark.parametrize("tau", [MethodConfig.temperature, 0.2, 1.0])
 def test_loss_and_gradient_match_naive_formula(index: list[int], lam: float, tau: float) -> None:
     mixed, clean = inputs(seed=len(index) + int(lam * 10))
     m1 = mixed.clone().requires_grad_(True)
@@ -89,7 +86,7 @@ def test_gradient_wrt_clean_without_stop_grad_matches_naive(index: list[int], la
     c1 = clean.clone().requires_grad_(True)
     c2 = clean.clone().requires_grad_(True)
     patchmix_contrastive_loss(mixed, c1, torch.tensor(index), lam, stop_grad=False).backward()
-    naive_loss(mixed, c2, index, lam, TEMPERATURE).backward()
+    naive_loss(mixed, c2, index, lam, MethodConfig.temperature).backward()
     assert c1.grad is not None and c2.grad is not None
     assert torch.allclose(c1.grad, c2.grad, rtol=1e-9, atol=1e-12)
     assert c1.grad.abs().sum() > 0
@@ -111,7 +108,7 @@ def test_self_pair_row_has_target_one_on_diagonal() -> None:
     ident = torch.arange(6)
     losses = [patchmix_contrastive_loss(mixed, clean, ident, lam) for lam in (0.0, 0.3, 1.0)]
     assert torch.allclose(losses[0], losses[1]) and torch.allclose(losses[1], losses[2])
-    s = F.normalize(mixed, dim=1) @ F.normalize(clean, dim=1).T / TEMPERATURE
+    s = F.normalize(mixed, dim=1) @ F.normalize(clean, dim=1).T / MethodConfig.temperature
     assert torch.allclose(losses[0], F.cross_entropy(s, ident))
 
 
@@ -141,7 +138,7 @@ LABELS = [0, 1, 0, 2, 3, 1]
 
 @pytest.mark.parametrize("index", INDICES)
 @pytest.mark.parametrize("lam", [0.0, 0.35, 0.8, 1.0])
-@pytest.mark.parametrize("tau", [TEMPERATURE, 0.5])
+@pytest.mark.parametrize("tau", [MethodConfig.temperature, 0.5])
 def test_diff_label_matches_naive_and_backpropagates(
     index: list[int], lam: float, tau: float
 ) -> None:
@@ -330,6 +327,9 @@ def test_projector_shapes_and_training() -> None:
     assert proj(torch.randn(1, 16, generator=gen(20))).shape == (1, 8)
 
 
-def test_constants() -> None:
-    assert TEMPERATURE == 0.06 and ALPHA == 1.0
-    assert math.isclose(TEMPERATURE, 0.06)
+def test_the_paper_constants_are_the_defaults() -> None:
+    assert MethodConfig.temperature == 0.06 and MethodConfig.alpha == 1.0
+    mixed, clean = inputs()
+    index, lam = torch.tensor([1, 0, 3, 2, 5, 4]), 0.7
+    assert patchmix_contrastive_loss(mixed, clean, index, lam) == patchmix_contrastive_loss(
+        mixed, clean, index, lam, 0.06)  # the default τ is the config's

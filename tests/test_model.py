@@ -82,7 +82,8 @@ def test_tiny_geometry_shapes():
     x = torch.randn(3, 798, 128)
     tokens = m.embed(x)
     assert tokens.shape == (3, 392, 64)
-    assert m.encode(tokens).shape == (3, 64) and m.forward_features(x).shape == (3, 64)
+    assert m.encode(tokens).shape == (3, 394, 64) and m.forward_features(x).shape == (3, 394, 64)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (3, 64)
     assert m(x).shape == (3, 4)
     with pytest.raises(ValueError, match=r"\(B, 798, 128\)"):
         m(torch.randn(3, 128, 798))
@@ -102,7 +103,7 @@ def test_token_order_is_frequency_major():
         assert torch.nonzero(tokens).flatten().tolist() == [79 * f + t]
 
 
-def test_forward_features_is_mean_of_cls_and_dist_after_final_norm():
+def test_forward_head_pools_the_mean_of_cls_and_dist_after_final_norm():
     m = tiny_model()
     x = torch.randn(2, 798, 128)
     manual = copy.deepcopy(m)
@@ -116,7 +117,8 @@ def test_forward_features_is_mean_of_cls_and_dist_after_final_norm():
             seq = block(seq)
         seq = manual.norm(seq)  # (2, 394, 64)
         expected = (seq[:, 0] + seq[:, 1]) / 2
-        feat = m.forward_features(x)
+        torch.testing.assert_close(m.forward_features(x), seq, atol=1e-5, rtol=1e-5)
+        feat = m.forward_head(m.forward_features(x), pre_logits=True)
         torch.testing.assert_close(feat, expected, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(feat, seq[:, 0], atol=1e-3)
         torch.testing.assert_close(m(x), manual.head(expected), atol=1e-5, rtol=1e-5)
@@ -375,7 +377,7 @@ def test_ast_from_checkpoint_paper_geometry(paper_checkpoint, paper_model):
     x = torch.randn(1, 798, 128)
     with torch.inference_mode():
         assert m.embed(x).shape == (1, 948, 768)
-        assert m.forward_features(x).shape == (1, 768)
+        assert m.forward_features(x).shape == (1, 950, 768)
         logits = m(x)
     assert logits.shape == (1, 4) and torch.isfinite(logits).all()
 

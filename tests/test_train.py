@@ -8,30 +8,9 @@ import math
 import pytest
 import torch
 
-from patchmix.config import METHODS, config_hash, profile, with_overrides
-from patchmix.synth import make_synthetic_icbhi
-from patchmix.train import cosine_lr, fit, load_data, ma_update
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic_icbhi(root, 24, seed=5)
-    return root
-
-
-@pytest.fixture(scope="module")
-def smoke_data(synth_root, tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setenv("PATCHMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    cfg = with_overrides(profile("smoke"), [f"data.root={synth_root}"])
-    return cfg, load_data(cfg.data, progress=False)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+from patchmix.config import config_hash, profile, with_overrides
+from patchmix.methods import method_names
+from patchmix.train import cosine_lr, fit, ma_update
 
 
 def test_profiles_and_overrides():
@@ -63,7 +42,7 @@ def test_cosine_schedule_and_ma_update():
     assert new[0].tolist() == [2.0, 1.0]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_trains_and_records_all_protocols(smoke_data, tmp_path, method):
     cfg, data = smoke_data
     cfg = with_overrides(cfg, [f"method.name={method}", "epochs=1"])

@@ -77,7 +77,7 @@ def cut(waveform: torch.Tensor, start_s: float, end_s: float, rate: int) -> torc
     return waveform[..., lo:hi]
 
 
-def fix_length(cycle: torch.Tensor, n_samples: int, pad: str = "repeat",
+def fix_length(cycle: torch.Tensor, n_samples: int, pad: str = FeatureConfig.pad,
                fade_samples: int = 1_000) -> torch.Tensor:
     """A 1-D cycle brought to exactly `n_samples` (PAPER.md §3 step 4).
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-GATES = ("official", "always")
+from patchmix.config import GATES, MethodConfig
 
 
 def class_weights(labels: Any, n_classes: int = 4) -> torch.Tensor:
@@ -70,7 +70,7 @@ def spec_augment_masks(
     freq_width: int = 48,
     time_masks: int = 2,
     time_width: int = 160,
-    gate: str = "official",
+    gate: str = MethodConfig.specaug_gate,
 ) -> SpecAugmentMasks:
     """Draw SpecAugment's gate and mask positions (PAPER.md §3 step 7) without touching data.
 
@@ -133,7 +133,7 @@ def spec_augment(
     freq_width: int = 48,
     time_masks: int = 2,
     time_width: int = 160,
-    gate: str = "official",
+    gate: str = MethodConfig.specaug_gate,
 ) -> torch.Tensor:
     """SpecAugment of the official recipe (PAPER.md §3 step 7) on each sample of (B, T, F).
 
@@ -150,21 +150,21 @@ def spec_augment(
     return apply_spec_augment(x, masks)
 
 
-def sample_lambda(alpha: float, generator: torch.Generator) -> float:
-    """λ ~ Beta(alpha, alpha), reproducible through ``generator``.
+def sample_lambda(beta: float, generator: torch.Generator) -> float:
+    """λ ~ Beta(beta, beta), reproducible through ``generator``.
 
-    For ``alpha == 1`` (the paper's mix β) λ is one float64 uniform from the generator. Otherwise
+    For ``beta == 1`` (the paper's mix β) λ is one float64 uniform from the generator. Otherwise
     one 63-bit integer drawn from the generator seeds a private ``numpy.random.Generator``, whose
     exact Beta sampler gives λ: the torch generator alone fixes the value, and it advances by one
     draw either way.
     """
-    if not alpha > 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
     dev = generator.device
-    if alpha == 1.0:
+    if beta == 1.0:
         return float(torch.rand(1, generator=generator, device=dev, dtype=torch.float64))
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=dev))
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
+    return float(np.random.default_rng(seed).beta(beta, beta))
 
 
 def check_lam(lam: float) -> float:

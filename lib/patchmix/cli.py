@@ -28,6 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from patchmix.config import PROFILES, MethodConfig
+    from patchmix.methods import method_names
+
     parser = _Parser(
         prog="patchmix",
         description="Patch-Mix contrastive learning on ICBHI 2017: data, features, training.",
@@ -55,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (default: all cores)")
 
     train = commands.add_parser("train", help="train one run (cached under runs/ by default)")
-    train.add_argument("--profile", default="demo", help="smoke | demo | paper (default demo)")
-    train.add_argument("--method", help="ce | weighted_ce | specaug | mixup | cutmix | "
-                                        "patchmix_ce | patchmix_cl")
+    train.add_argument("--profile", default="demo",
+                       help=f"{' | '.join(PROFILES)} (default demo)")
+    train.add_argument("--method", help=f"{' | '.join(method_names())} "
+                                        f"(default {MethodConfig.name})")
     train.add_argument("--seed", type=int, help="run seed")
-    train.add_argument("--data", help="data root (default $ICBHI_ROOT, else data/synthetic)")
+    train.add_argument("--data", help="data folder (default $ICBHI_ROOT, else data/synthetic)")
     train.add_argument("--out", help="train into this folder instead of the run cache")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchmix`` script; returns the exit status."""
-    from patchmix.icbhi import DataError
+    from patchmix.datasets import DataError
 
     parser = build_parser()
     try:
@@ -115,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from patchmix.icbhi import read_icbhi, summarize
+    from patchmix.datasets import read_cycles
 
-    report = summarize(read_icbhi(args.root, args.split_file))
+    dataset, cycles = read_cycles(args.root, args.split_file)
+    report = dataset.summarize(cycles)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -127,10 +132,10 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_features(args: argparse.Namespace) -> int:
+    from patchmix.datasets import read_cycles
     from patchmix.features import cycle_features
-    from patchmix.icbhi import read_icbhi
 
-    cycles = read_icbhi(args.root, args.split_file)
+    _, cycles = read_cycles(args.root, args.split_file)
     started = time.perf_counter()
     array = cycle_features(cycles, cache_dir=args.cache, workers=args.workers)
     seconds = time.perf_counter() - started
@@ -151,8 +156,9 @@ def _synth(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from patchmix import distributed
     from patchmix.config import profile, with_overrides
+    from patchmix.datasets import load_data
     from patchmix.experiment import run
-    from patchmix.train import fit, load_data, resolve_device
+    from patchmix.train import fit, resolve_device
 
     overrides = list(args.overrides)
     for flag, key in ((args.method, "method.name"), (args.seed, "seed"), (args.data, "data.root")):
@@ -184,9 +190,10 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from patchmix.datasets import load_data
     from patchmix.experiment import load_trained
     from patchmix.metrics import format_scores, icbhi_scores
-    from patchmix.train import load_data, predict_proba
+    from patchmix.train import predict_proba
 
     model, cfg = load_trained(args.checkpoint)
     data_cfg = dataclasses.replace(cfg.data, root=args.data) if args.data else cfg.data
@@ -204,9 +211,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from patchmix.audio import recording_cycles
+    from patchmix.datasets import CLASSES
     from patchmix.experiment import load_trained
     from patchmix.features import fbank
-    from patchmix.icbhi import CLASSES, read_annotation, wav_info
+    from patchmix.icbhi import read_annotation, wav_info
     from patchmix.train import predict_proba
 
     model, cfg = load_trained(args.checkpoint)
@@ -233,15 +241,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """`patchmix data check`'s report as aligned plain-text tables."""
-    from patchmix.icbhi import CLASSES
+    """`patchmix data check`'s report as aligned plain-text tables: the counts every data set
+    reports, then whichever of a data set's own details it has."""
+    from patchmix.datasets import CLASSES
 
     splits = list(report["recordings"])
     origin = "SYNTHETIC (patchmix synth)" if report["synthetic"] else "recordings on disk"
-    lines = [f"data: {report['root']}  [{origin}]", f"split file: {report['split_file']}", ""]
+    lines = [f"data: {report['root']}  [{origin}]"]
+    if "split_file" in report:
+        lines.append(f"split file: {report['split_file']}")
     header = f"{'split':<8}{'recordings':>11}{'patients':>9}" + "".join(
         f"{c:>9}" for c in CLASSES) + f"{'cycles':>8}"
-    lines += [header, "-" * len(header)]
+    lines += ["", header, "-" * len(header)]
     for s in splits:
         counts = report["cycles"][s]
         lines.append(f"{s:<8}{report['recordings'][s]:>11}{report['patients'][s]:>9}"
@@ -253,19 +264,23 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     for title, key in (("devices", "devices"), ("sample rates", "sample_rates"),
                        ("bit depths", "bit_depths")):
-        for s in splits:
+        for s in splits if key in report else ():
             items = ", ".join(f"{k} {v}" for k, v in report[key][s].items())
             lines.append(f"{title + ' (' + s + ')':<24}{items}")
-    d = report["cycle_seconds"]
+    d = report.get("cycle_seconds")
     if d:
         lines.append(f"{'cycle length (s)':<24}min {d['min']}, median {d['median']}, "
                      f"max {d['max']}, {d['over_8s']} over 8 s")
-    shared = report["patients_in_several_splits"]
-    lines.append(f"{'patients in 2 splits':<24}{', '.join(map(str, shared)) or 'none'}")
-    lines.append(f"{'renamed files mapped':<24}{report['renamed']}")
-    lines.append(f"{'cycles clamped at end':<24}{report['clamped_cycles']}")
-    lines.append(f"{'ignored files':<24}{len(report['ignored_files'])}")
-    lines.append(f"{'split-file names absent':<24}{report['split_only']}")
+    if "patients_in_several_splits" in report:
+        shared = report["patients_in_several_splits"]
+        lines.append(f"{'patients in 2 splits':<24}{', '.join(map(str, shared)) or 'none'}")
+    for title, key in (("renamed files mapped", "renamed"),
+                       ("cycles clamped at end", "clamped_cycles"),
+                       ("ignored files", "ignored_files"),
+                       ("split-file names absent", "split_only")):
+        if key in report:
+            value = report[key]
+            lines.append(f"{title:<24}{len(value) if isinstance(value, list) else value}")
     problems = report["problems"]
     lines.append(f"{'problems':<24}{len(problems)}")
     lines += [f"  - {p['file']}: {p['detail']} ({p['action']})" for p in problems]

@@ -1,27 +1,69 @@
-"""Frozen configuration dataclasses and their stable hashes.
+"""Frozen configuration dataclasses, profiles, overrides and their stable hashes.
 
-Every cached artefact (features, runs) is keyed by the hash of the configuration that produced
-it, so configurations are immutable and serialise to plain JSON.
+This module is the one home of every default and every list of options: the other modules read
+them from here (``MethodConfig.temperature``, `MIX_MODES`, …) instead of repeating them. Every
+cached artefact (features, runs) is keyed by the hash of the configuration that produced it, so
+configurations are immutable and serialise to plain JSON.
+
+Three ways to change a configuration, all validated when the new one is built:
+
+- ``with_overrides(cfg, ["train.epochs=3"])``: ``key=value`` text, as on the command line;
+- ``with_values(cfg, {"train.epochs": 3})``: typed values, as notebooks and the run plan use;
+- ``notebook_config(profile, knobs={"epochs": 3})``: the notebooks' named knobs (`KNOBS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PadMode = Literal["repeat", "zero"]
+PosEmbedRule = Literal["ast", "official"]
+Weights = Literal["none", "imagenet", "audioset"]
+Activations = Literal["store", "lean", "checkpoint"]
+Gate = Literal["official", "always"]
+MixMode = Literal["random", "time"]
+TargetType = Literal["grad_block", "grad_flow", "project_block", "project_flow"]
+Negatives = Literal["all", "diff_label"]
+Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+POS_EMBED_RULES: tuple[str, ...] = typing.get_args(PosEmbedRule)
+GATES: tuple[str, ...] = typing.get_args(Gate)
+MIX_MODES: tuple[str, ...] = typing.get_args(MixMode)
+TARGET_TYPES: tuple[str, ...] = typing.get_args(TargetType)
+NEGATIVES: tuple[str, ...] = typing.get_args(Negatives)
 
 # AudioSet statistics of the Kaldi fbank used by AST and by the official Patch-Mix code.
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The options of each ``Literal``-typed field of a config class."""
+    return {name: typing.get_args(hint) for name, hint in typing.get_type_hints(cls).items()
+            if typing.get_origin(hint) is Literal}
+
+
+def _check_choices(cfg: Any) -> None:
+    """A ValueError naming the field unless every ``Literal``-typed field holds one of its
+    options: one check for every option list of every config class."""
+    for name, options in _choices(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value not in options:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, "
+                             f"not {value!r}")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Preprocessing of a respiratory cycle: PAPER.md §3 steps 1-6.
+    """Preprocessing of a respiratory cycle, from recording to normalised fbank.
 
     The defaults are the official recipe: 16 kHz, 1,000-sample linear fades, 8 s cycles made by
     repeat padding, Kaldi fbank with 128 mel bins and a 10 ms shift, AudioSet normalisation.
@@ -38,8 +80,7 @@ class FeatureConfig:
     norm_std: float = AUDIOSET_STD
 
     def __post_init__(self) -> None:
-        if self.pad not in ("repeat", "zero"):
-            raise ValueError(f"pad must be 'repeat' or 'zero', not {self.pad!r}")
+        _check_choices(self)
         if self.sample_rate <= 0 or self.cycle_seconds <= 0 or self.n_mels <= 0:
             raise ValueError("sample_rate, cycle_seconds and n_mels must be positive")
         if self.fade_samples < 0:
@@ -73,20 +114,16 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-PosEmbedRule = Literal["ast", "official"]
-Weights = Literal["none", "imagenet", "audioset"]
-Activations = Literal["store", "lean", "checkpoint"]
-
-
 @dataclass(frozen=True)
 class ModelConfig:
-    """Geometry and initialisation of the Audio Spectrogram Transformer (PAPER.md §4).
+    """Geometry and initialisation of the backbone, the Audio Spectrogram Transformer.
 
     The defaults are the ``paper`` geometry: DeiT-base distilled (768-d, 12 layers, 12 heads),
     16 × 16 patches with stride 10 on the 128 mel × 798 frame image → 12 × 79 = 948 tokens.
     CPU profiles use smaller widths/depths and may use a larger stride.
     """
 
+    backbone: str = "ast"  # a name registered with `patchmix.model.register_backbone`
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -97,7 +134,7 @@ class ModelConfig:
     n_frames: int = 798
     n_classes: int = 4
     # "ast": the AST rule (keep the 12 rows, cut the middle time columns); "official": the
-    # official code's swapped-dimension adaptation (PAPER.md §4), needed for the published numbers
+    # official code's swapped-dimension adaptation, needed for the published numbers
     pos_embed: PosEmbedRule = "ast"
     weights: Weights = "none"  # "imagenet": DeiT; "audioset": ImageNet + AudioSet AST
     imagenet_checkpoint: str = ""  # local DeiT file; "" → timm's download (online only)
@@ -105,19 +142,17 @@ class ModelConfig:
     # what each transformer block keeps for the backward pass; the gradients are bit-identical
     # in all three. "store": everything autograd saves; "lean": the outputs of attention and of
     # the widening matmuls (qkv, fc1) only, LayerNorms, GELU, residual adds and proj recomputed
-    # in backward (9 of 16 activation tensors per token, ~1 % time at AST-base); "checkpoint":
-    # the block input only, the whole block recomputed (+12 % time, least memory)
+    # in backward; "checkpoint": the block input only, the whole block recomputed (least
+    # memory). bench/README.md has the measured time and memory of each.
     activations: Activations = "lean"
 
     def __post_init__(self) -> None:
-        if self.pos_embed not in ("ast", "official"):
-            raise ValueError(f"pos_embed must be 'ast' or 'official', not {self.pos_embed!r}")
-        if self.weights not in ("none", "imagenet", "audioset"):
-            raise ValueError(f"weights must be 'none', 'imagenet' or 'audioset', "
-                             f"not {self.weights!r}")
-        if self.activations not in ("store", "lean", "checkpoint"):
-            raise ValueError(f"activations must be 'store', 'lean' or 'checkpoint', "
-                             f"not {self.activations!r}")
+        _check_choices(self)
+        from patchmix.model import backbone_names  # noqa: PLC0415 - the registry imports torch
+
+        if self.backbone not in backbone_names():
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from "
+                             f"{', '.join(backbone_names())}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by "
                              f"num_heads {self.num_heads}")
@@ -137,29 +172,27 @@ class ModelConfig:
         return f * t
 
 
-Method = Literal["ce", "weighted_ce", "specaug", "mixup", "cutmix", "patchmix_ce", "patchmix_cl"]
-METHODS: tuple[str, ...] = (
-    "ce", "weighted_ce", "specaug", "mixup", "cutmix", "patchmix_ce", "patchmix_cl")
-
-
 @dataclass(frozen=True)
 class MethodConfig:
-    """The training objective (PAPER.md §5-§6) and its knobs."""
+    """The training objective and its knobs; ``name`` picks a registered `patchmix.methods`."""
 
-    name: Method = "patchmix_cl"
-    spec_augment: bool = False  # SpecAugment on training batches; always on for "specaug"
-    specaug_gate: Literal["official", "always"] = "official"  # official: fires on ~84 %
+    name: str = "patchmix_cl"  # a name registered with `patchmix.methods.register_method`
+    spec_augment: bool = False  # SpecAugment on every training batch, whatever the method
+    specaug_gate: Gate = "official"  # "official": fires where 1 >= N(0, 1), ~84 % of samples
     mix_beta: float = 1.0  # λ ~ Beta(β, β) for Mixup, CutMix and Patch-Mix
-    mix_mode: Literal["random", "time"] = "random"  # Patch-Mix positions or time columns
-    temperature: float = 0.06  # τ of the contrastive loss
+    mix_mode: MixMode = "random"  # Patch-Mix moves random positions or whole time columns
+    temperature: float = 0.06  # τ of the contrastive softmax
     alpha: float = 1.0  # total loss = CE + α · L_CL
-    target_type: Literal["grad_block", "grad_flow", "project_block", "project_flow"] = (
-        "grad_block")
-    negatives: Literal["all", "diff_label"] = "all"
+    target_type: TargetType = "grad_block"  # how the contrastive target is made (losses.py)
+    negatives: Negatives = "all"  # which clean samples the contrastive softmax contrasts
 
     def __post_init__(self) -> None:
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose from {', '.join(METHODS)}")
+        _check_choices(self)
+        from patchmix.methods import method_names  # noqa: PLC0415 - the registry imports torch
+
+        if self.name not in method_names():
+            raise ValueError(f"unknown method {self.name!r}; choose from "
+                             f"{', '.join(method_names())}")
         if self.mix_beta <= 0 or self.temperature <= 0 or self.alpha < 0:
             raise ValueError("mix_beta and temperature must be positive, alpha >= 0")
 
@@ -168,10 +201,10 @@ class MethodConfig:
 class DataConfig:
     """Where the cycles come from and how train is split for the honest `val` protocol."""
 
-    root: str = ""  # ICBHI-layout folder; "" → $ICBHI_ROOT, else data/synthetic
+    root: str = ""  # a data set's folder; "" → `patchmix.datasets.resolve_root`'s default
     val_fraction: float = 0.2  # patient-grouped validation carved from train; 0 → no val split
     val_seed: int = 0
-    features: FeatureConfig = FeatureConfig()
+    features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -180,7 +213,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation (PAPER.md §6): Adam with coupled L2, per-epoch cosine, ma_update."""
+    """Optimisation: Adam with coupled L2, per-epoch cosine, ma_update."""
 
     epochs: int = 50
     batch_size: int = 8  # drop_last, as the official loader
@@ -189,8 +222,8 @@ class TrainConfig:
     min_lr: float = 5e-8  # η_min of the cosine schedule
     weight_decay: float = 1e-6  # Adam's coupled L2 (not AdamW)
     ma_beta: float = 0.5  # after each step: w ← β·w_old + (1−β)·w_new; 0 disables
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: Device = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole training set every epoch
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
     # torch.compile each transformer block in place (state_dict keys unchanged); off by default
@@ -198,6 +231,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
             raise ValueError("epochs >= 1, batch_size >= 2 and eval_batch_size >= 1 are needed")
         if not 0.0 <= self.ma_beta < 1.0:
@@ -210,32 +244,30 @@ class ExperimentConfig:
 
     profile: str = "paper"
     seed: int = 1
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    method: MethodConfig = MethodConfig()
-    train: TrainConfig = TrainConfig()
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 
 
 def profile(name: str) -> ExperimentConfig:
-    """A named profile (DESIGN.md, Profiles).
+    """A named profile.
 
-    - ``paper``: PAPER.md §4-§6 exactly: AST-base with ImageNet + AudioSet weights (set
-      ``model.audioset_checkpoint``), the official positional-embedding quirk, SpecAugment with the
-      official gate on every method, Adam 5e-5, batch 8, 50 epochs, ma_beta 0.5, trained on the
-      whole official train split (``val_fraction=0``: the `val` protocol needs ``data.val_fraction``
-      > 0). A GPU job.
+    - ``paper``: the published recipe exactly: AST-base with ImageNet + AudioSet weights (set
+      ``model.audioset_checkpoint``), the official positional-embedding quirk, SpecAugment with
+      the official gate on every method, Adam 5e-5, batch 8, 50 epochs, ma_beta 0.5, trained on
+      the whole official train split (``val_fraction=0``: the `val` protocol needs
+      ``data.val_fraction`` > 0). A GPU job.
     - ``demo``: the same 798 × 128 features, a small AST (64-d, 2 layers, 2 heads, 16 × 16
       patches with stride 16 → 8 × 49 tokens, 0.1 M parameters) trained from scratch for 30
       epochs at a higher learning rate, SpecAugment on (as in ``paper``), and a 20 %
-      patient-grouped validation split. 30, not fewer: from scratch, Patch-Mix CL starts to
-      learn wheezes only after about 13 epochs, whatever the schedule's length (seed 1: test
-      Score 52 after 15 epochs, 63 after 30 or 45). On 2 CPU cores and the 100-recording
-      synthetic set: about 90 s per fine-tuning run and 130 s per Patch-Mix CL run. Its
-      blocks store their activations (``model.activations="store"``): at 64-d the
-      recomputation of ``"lean"`` costs 5-10 % of a step and saves nothing that matters.
+      patient-grouped validation split. 30 epochs, because from scratch Patch-Mix CL learns
+      wheezes late (the demo's learning curves show when). Its blocks store their activations
+      (``model.activations="store"``): at 64-d the recomputation of ``"lean"`` saves nothing
+      that matters. Minutes per run on a laptop CPU.
     - ``smoke``: a tiny AST (32-d, 1 layer, stride 32), 2 epochs of 3 steps: seconds, for tests.
     """
     if name == "paper":
@@ -262,40 +294,104 @@ def profile(name: str) -> ExperimentConfig:
     raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
 
 
+# --- the knobs a reader turns --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A config field a notebook exposes as a typed parameter."""
+
+    path: str  # dotted field of ExperimentConfig
+    label: str  # how tables and figures name it
+    help: str  # one line for parameter cells and docs
+
+
+KNOBS: dict[str, Knob] = {
+    "epochs": Knob("train.epochs", "epochs", "training epochs"),
+    "lr": Knob("train.lr", "learning rate", "Adam's learning rate at epoch 0 (cosine decay)"),
+    "ma_beta": Knob("train.ma_beta", "ma β",
+                    "weight averaging after each step, w ← β·w_old + (1−β)·w_new; 0 disables"),
+    "temperature": Knob("method.temperature", "temperature τ",
+                        "τ of the contrastive softmax"),
+    "alpha": Knob("method.alpha", "loss weight α", "total loss = CE + α · L_CL"),
+    "mix_beta": Knob("method.mix_beta", "mix β",
+                     "λ ~ Beta(β, β) for Mixup, CutMix and Patch-Mix"),
+    "mix_mode": Knob("method.mix_mode", "mixed units",
+                     "Patch-Mix moves random patches or whole time columns"),
+    "target_type": Knob("method.target_type", "target",
+                        "the contrastive target: raw or projected clean feature, gradient "
+                        "blocked or flowing"),
+    "negatives": Knob("method.negatives", "negatives",
+                      "the contrastive softmax over all clean samples or other-label ones"),
+    "spec_augment": Knob("method.spec_augment", "SpecAugment",
+                         "SpecAugment on every method's training batches"),
+    "specaug_gate": Knob("method.specaug_gate", "SpecAugment gate",
+                         "official: fires on ~84 % of samples (the code's quirk); always"),
+    "pos_embed": Knob("model.pos_embed", "pos_embed",
+                      "pretrained positional grid fitted by the AST rule or the official quirk"),
+}
+
+
+def get_value(cfg: Any, key: str) -> Any:
+    """The value of a dotted field (``get_value(cfg, "method.temperature")``)."""
+    value = cfg
+    for name in _resolve_key(cfg, key):
+        value = getattr(value, name)
+    return value
+
+
+def knob_label(key: str) -> str:
+    """The label of the knob whose field is `key` (``"method.alpha"`` → ``"loss weight α"``),
+    else `key` itself."""
+    return next((k.label for k in KNOBS.values() if k.path == key), key)
+
+
 def with_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> Any:
     """A copy of `cfg` with ``key=value`` overrides applied and validated.
 
     Keys are dotted paths (``train.epochs=3``, ``method.name=ce``, ``data.features.pad=zero``) or
     a bare field name when it is unique (``epochs=3``). Values are parsed to the field's type.
-    The overrides of one section are applied together, so ``embed_dim=128 num_heads=4`` is valid
-    even though 128 is not divisible by the default 3 heads of ``demo``. An unknown key or a bad
-    value is a ValueError naming it.
+    The overrides of one section are applied together, so ``embed_dim=99 num_heads=3`` is valid
+    in ``demo`` even though 99 is not divisible by its 2 heads. An unknown key or a bad value is
+    a ValueError naming it.
     """
-    tree: dict[str, Any] = {}
+    items = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
-        *parents, leaf = _resolve_key(cfg, key.strip())
-        node = tree
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = (key.strip(), text.strip())
-    return _apply(cfg, tree)
+        items[key.strip()] = text.strip()
+    return _replace(cfg, items, _parse)
+
+
+def with_values(cfg: ExperimentConfig, values: dict[str, Any]) -> Any:
+    """A copy of `cfg` with typed values (``{"method.temperature": 0.3}``) applied and validated.
+
+    Keys as for `with_overrides`. A value must have its field's type (an int is taken for a
+    float field); fields of one section are applied together.
+    """
+    return _replace(cfg, values, _coerce)
 
 
 def notebook_config(profile_name: str, *, data_root: str = "", weights: str = "",
-                    overrides: str = "") -> ExperimentConfig:
-    """A notebook's parameters as one config: profile, data root, weights file, overrides.
+                    overrides: str = "", knobs: dict[str, Any] | None = None
+                    ) -> ExperimentConfig:
+    """A notebook's parameters as one config: profile, data root, weights file, overrides, knobs.
 
     `weights` is the path of a local AudioSet checkpoint (``audioset_10_10_0.4593.pth``): it
     switches the model to ``weights=audioset``. `overrides` is a space-separated list of
-    ``key=value`` items, as `with_overrides` takes them (``"epochs=5 lr=1e-3"``).
+    ``key=value`` items, as `with_overrides` takes them (``"epochs=5 lr=1e-3"``). `knobs` maps
+    names of `KNOBS` to typed values; None keeps the profile's value. Knobs apply last.
     """
     items = [f"data.root={data_root}"] if data_root else []
     if weights:
         items += ["model.weights=audioset", f"model.audioset_checkpoint={weights}"]
-    return with_overrides(profile(profile_name), items + overrides.split())
+    cfg = with_overrides(profile(profile_name), items + overrides.split())
+    unknown = sorted(set(knobs or {}) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
+    chosen = {KNOBS[name].path: v for name, v in (knobs or {}).items() if v is not None}
+    return with_values(cfg, chosen)
 
 
 def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -323,14 +419,26 @@ def _resolve_key(cfg: Any, key: str) -> tuple[str, ...]:
     raise ValueError(f"unknown override key {key!r}")
 
 
-def _apply(obj: Any, tree: dict[str, Any]) -> Any:
+def _replace(cfg: Any, items: dict[str, Any], convert: Any) -> Any:
+    """`cfg` with each ``{key: raw value}`` converted by ``convert(current, key, raw)``."""
+    tree: dict[str, Any] = {}
+    for key, raw in items.items():
+        *parents, leaf = _resolve_key(cfg, key)
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = (key, raw)
+    return _apply(cfg, tree, convert)
+
+
+def _apply(obj: Any, tree: dict[str, Any], convert: Any) -> Any:
     """`obj` with the fields of `tree` replaced in one go (sub-dicts: nested dataclasses)."""
     changes = {}
     for name, node in tree.items():
         if isinstance(node, dict):
-            changes[name] = _apply(getattr(obj, name), node)
+            changes[name] = _apply(getattr(obj, name), node, convert)
         else:
-            changes[name] = _parse(getattr(obj, name), *node)
+            changes[name] = convert(getattr(obj, name), *node)
     try:
         return dataclasses.replace(obj, **changes)
     except (ValueError, TypeError) as err:
@@ -353,6 +461,16 @@ def _parse(current: Any, key: str, text: str) -> Any:
     except ValueError:
         raise ValueError(f"bad value {text!r} for {key} "
                          f"(expected {type(current).__name__})") from None
+
+
+def _coerce(current: Any, key: str, value: Any) -> Any:
+    """`value` checked against the type of the field's current value (int → float allowed)."""
+    kind = type(current)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"bad value {value!r} for {key} (expected {kind.__name__})")
+    return value
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:

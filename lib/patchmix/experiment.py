@@ -1,10 +1,16 @@
-"""Cached experiments: what notebooks and the command line call.
+"""Cached experiments and the run plan: what notebooks and the command line call.
 
 `run(cfg)` trains a configuration once and keeps it under ``runs/<hash>/``, the hash covering
-the whole configuration and the identity of the data (every source WAV's name, size and mtime,
-the cycle boundaries and the split); calling it again returns the stored summary without
-training, and an interrupted run resumes. `run_seeds` repeats a configuration over seeds and
-`aggregate` reduces the per-seed table to mean ± sd per protocol.
+the whole configuration and the identity of the data (`patchmix.datasets.Data.identity`: every
+source WAV's name, size and mtime, the cycle boundaries, the labels and the split); calling it
+again returns the stored summary without training, and an interrupted run resumes. `run_seeds`
+repeats a configuration over seeds and `aggregate` reduces the per-seed table to mean ± sd per
+protocol.
+
+The run plan declares which runs each notebook needs (`NOTEBOOK_RUNS`), as groups of
+`PlannedRun`s built from a notebook's configuration: the fine-tuning ``baselines``, the
+``comparison`` of the paper's method with its reference, and the ``ablations`` of the paper's
+method over the grid `ABLATIONS`. Which methods fill them comes from the method registry.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +27,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from patchmix.config import ExperimentConfig, config_from_dict, config_hash, to_dict
-from patchmix.features import cache_key
-from patchmix.icbhi import CLASSES
+from patchmix.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_hash,
+    get_value,
+    knob_label,
+    to_dict,
+    with_values,
+)
+from patchmix.datasets import CLASSES, Data, load_data
+from patchmix.methods import Method, baseline_methods, method_names, method_with_role
 from patchmix.metrics import icbhi_scores_2class_from_4
 from patchmix.model import AST
-from patchmix.train import Data, fit, load_data
+from patchmix.train import fit
 
 RUNS_ENV = "PATCHMIX_RUNS"
 
@@ -37,25 +52,134 @@ def runs_dir() -> Path:
 
 def run_key(cfg: ExperimentConfig, data: Data) -> str:
     """The run's cache name: hash of the configuration and of the data's identity."""
-    return config_hash({"config": to_dict(cfg),
-                        "data": cache_key(data.cycles, cfg.data.features)})
+    return config_hash({"config": to_dict(cfg), "data": data.identity()})
 
 
-def baselines(cfg: ExperimentConfig) -> dict[str, list[str]]:
-    """The fine-tuning baselines of notebooks 02 and 05: ``{name: overrides}``.
+# --- the run plan --------------------------------------------------------------------------
 
-    CE, weighted CE, Mixup, CutMix and Patch-Mix CE, plus the SpecAugment comparison. When the
-    profile already applies SpecAugment to every method (the official recipe, on in ``paper``
-    and ``demo``), the ``specaug`` method would repeat ``ce`` exactly, so the comparison is
-    ``ce_no_specaug`` (CE with SpecAugment switched off) instead.
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One configuration a notebook trains (for each of its seeds)."""
+
+    name: str  # the tables' ``method`` column: a method's name, or a variant's
+    label: str  # how figures and tables name it
+    cfg: ExperimentConfig
+    columns: tuple[tuple[str, Any], ...] = ()  # more table columns, e.g. the ablated knob
+    seeds: str = "seeds"  # which of a notebook's seed lists: "seeds" or "ablation_seeds"
+
+
+# The ablations of notebook 03, as data: config field → settings tried. The current value of
+# each field is read from the configuration and always tried too (marked * in the tables).
+ABLATIONS: dict[str, list[Any]] = {
+    "method.temperature": [0.06, 0.3],
+    "method.alpha": [1.0, 0.3],
+    "method.mix_beta": [1.0, 0.4],
+    "method.mix_mode": ["random", "time"],
+    "method.target_type": ["grad_block", "project_block"],
+    "model.pos_embed": ["ast", "official"],
+}
+
+
+def no_spec_augment_label(method: type[Method]) -> str:
+    """How tables name `method` trained without SpecAugment (``"CE, no SpecAugment"``)."""
+    return f"{method.short}, no SpecAugment"
+
+
+def _planned(method: type[Method], cfg: ExperimentConfig) -> PlannedRun:
+    return PlannedRun(method.name, method.label, with_values(cfg, {"method.name": method.name}))
+
+
+def baselines(cfg: ExperimentConfig) -> list[PlannedRun]:
+    """The fine-tuning baselines of notebooks 02 and 05: every method registered as a
+    baseline, in registration order.
+
+    A method that only adds SpecAugment to another (``always_spec_augment``) would repeat that
+    method exactly when the profile already applies SpecAugment to every method (the official
+    recipe, on in ``paper`` and ``demo``); the comparison is then the other method with
+    SpecAugment switched off (``<name>_no_specaug``) instead.
     """
-    names = ["ce", "weighted_ce", "mixup", "cutmix", "patchmix_ce"]
-    variants = {name: [f"method.name={name}"] for name in names}
-    if cfg.method.spec_augment:
-        variants["ce_no_specaug"] = ["method.name=ce", "method.spec_augment=false"]
-    else:
-        variants["specaug"] = ["method.name=specaug"]
-    return variants
+    runs = []
+    for method in baseline_methods():
+        if method.always_spec_augment and cfg.method.spec_augment:
+            base = next(c for c in method.__mro__[1:] if getattr(c, "name", "") in
+                        method_names())  # the registered method it extends
+            runs.append(PlannedRun(f"{base.name}_no_specaug", no_spec_augment_label(base),
+                                   with_values(cfg, {"method.name": base.name,
+                                                     "method.spec_augment": False})))
+        else:
+            runs.append(_planned(method, cfg))
+    return runs
+
+
+def comparison(cfg: ExperimentConfig) -> list[PlannedRun]:
+    """The paper's method and the fine-tuning it is compared with (roles ``reference`` and
+    ``proposed`` of the method registry), in that order."""
+    return [_planned(method_with_role(role), cfg) for role in ("reference", "proposed")]
+
+
+def ablations(cfg: ExperimentConfig,
+              grid: dict[str, Sequence[Any]] | None = None) -> list[PlannedRun]:
+    """The paper's method with one field of `grid` (default `ABLATIONS`) changed at a time.
+
+    Each field's current value comes first and is marked ``*`` in the ``setting`` column;
+    ``ablation`` names the knob (`patchmix.config.knob_label`).
+    """
+    proposed = method_with_role("proposed")
+    base = with_values(cfg, {"method.name": proposed.name})
+    runs = []
+    for key, settings in (ABLATIONS if grid is None else grid).items():
+        current = get_value(base, key)
+        for value in dict.fromkeys([current, *settings]):
+            mark = " *" if value == current else ""
+            columns = (("ablation", knob_label(key)), ("setting", f"{value}{mark}"))
+            runs.append(PlannedRun(proposed.name, proposed.label, with_values(base, {key: value}),
+                                   columns, seeds="ablation_seeds"))
+    return runs
+
+
+GROUPS: dict[str, Callable[[ExperimentConfig], list[PlannedRun]]] = {
+    "baselines": baselines, "comparison": comparison, "ablations": ablations}
+"""The groups of the run plan, each a function of a notebook's configuration."""
+
+NOTEBOOK_RUNS: dict[str, tuple[str, ...]] = {
+    "01_data_exploration": (),
+    "02_baselines": ("baselines",),
+    "03_patchmix_ablations": ("comparison", "ablations"),
+    # 04 and 05 train nothing of their own: they read what 02 and 03 trained from the run cache
+    "04_latent_umap": ("comparison",),
+    "05_paper_tables": ("baselines", "comparison"),
+}
+"""Which groups of runs each notebook needs."""
+
+
+def planned_runs(groups: Iterable[str], cfg: ExperimentConfig) -> list[PlannedRun]:
+    """The runs of `groups` for `cfg`, in order; a run listed by two groups comes once."""
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown run group(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(GROUPS)}")
+    seen: dict[tuple[str, str, tuple], PlannedRun] = {}
+    for group in groups:
+        for planned in GROUPS[group](cfg):
+            seen.setdefault((planned.name, config_hash(planned.cfg), planned.columns), planned)
+    return list(seen.values())
+
+
+def run_table(planned: Iterable[PlannedRun], seeds: dict[str, Sequence[int]], *,
+              data: Data | None = None, root: str | os.PathLike | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """`run_seeds` of every planned run (trained unless cached), one table.
+
+    `seeds` maps each run's ``seeds`` name (``"seeds"``, ``"ablation_seeds"``) to its seeds.
+    """
+    planned = list(planned)
+    if not planned:
+        raise ValueError("no runs planned")
+    data = data if data is not None else load_data(planned[0].cfg.data, progress=progress)
+    return pd.concat([run_seeds(p.cfg, seeds[p.seeds], data=data, root=root, progress=progress,
+                                name=p.name).assign(**dict(p.columns)) for p in planned],
+                     ignore_index=True)
 
 
 def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathLike | None = None,

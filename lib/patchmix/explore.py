@@ -24,8 +24,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from patchmix.audio import cut, fix_length, load_wav, prepare_recording
 from patchmix.config import FeatureConfig
+from patchmix.datasets import CLASSES
 from patchmix.features import fbank
-from patchmix.icbhi import CLASSES
 from patchmix.plots import CLASS_COLORS, DEVICE_COLORS, PALETTE
 
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")

@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
-CLASSES_2: tuple[str, ...] = ("normal", "abnormal")
+from patchmix.datasets import DataError, DataSet, register_dataset, summarize_cycles
+
 SPLIT_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_train_test.txt", "official_split.txt")
 DIAGNOSIS_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_diagnosis.txt", "patient_diagnosis.csv")
 DEMOGRAPHICS_FILE_NAMES: tuple[str, ...] = (
@@ -70,10 +70,6 @@ CYCLE_COLUMNS: tuple[str, ...] = (
     "bits", "channels", "duration", "diagnosis", "age", "sex", "adult_bmi", "child_weight",
     "child_height",
 )
-
-
-class DataError(ValueError):
-    """Input that cannot be read; the message names the file (and line) and the problem."""
 
 
 @dataclass(frozen=True)
@@ -434,9 +430,11 @@ def _map_renamed(stems: list[str], split: dict[str, str]) -> dict[str, str]:
 
 
 def summarize(df: pd.DataFrame) -> dict[str, Any]:
-    """Counts `patchmix data check` reports: recordings and cycles per split and class, devices,
-    sample rates, bit depths, patients, durations, renamed files and problems."""
-    splits = sorted(df["split"].unique(), key=["train", "val", "test"].index) if len(df) else []
+    """Counts `patchmix data check` reports: the keys every data set reports
+    (`patchmix.datasets.summarize_cycles`), then devices, sample rates, bit depths, patients in
+    several splits, durations, renamed files, clamped cycles and ignored files."""
+    report = summarize_cycles(df)
+    splits = list(report["recordings"])
     recs = df.drop_duplicates("recording")
     attrs = df.attrs
 
@@ -444,18 +442,12 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         return {s: {str(k): int(v) for k, v in sorted(
             frame[frame["split"] == s][column].value_counts().items())} for s in splits}
 
-    patients = {s: set(recs[recs["split"] == s]["patient"]) for s in splits}
-    shared = set.intersection(*patients.values()) if len(patients) > 1 else set()
+    patients = [set(recs[recs["split"] == s]["patient"]) for s in splits]
+    shared = set.intersection(*patients) if len(patients) > 1 else set()
     durations = df["end"].clip(upper=df["duration"]) - df["start"]
     return {
-        "root": attrs.get("root"),
+        **report,
         "split_file": attrs.get("split_file"),
-        "synthetic": bool(attrs.get("synthetic", False)),
-        "recordings": {s: int((recs["split"] == s).sum()) for s in splits},
-        "cycles": {s: {c: int(((df["split"] == s) & (df["label"] == i)).sum())
-                       for i, c in enumerate(CLASSES)} for s in splits},
-        "total_cycles": int(len(df)),
-        "patients": {s: len(p) for s, p in patients.items()},
         "patients_in_several_splits": sorted(int(p) for p in shared),
         "devices": per_split(recs, "device"),
         "sample_rates": per_split(recs, "sample_rate"),
@@ -463,7 +455,6 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         "cycle_seconds": _describe(durations),
         "renamed": len(attrs.get("renamed", {})),
         "clamped_cycles": int(attrs.get("clamped_cycles", 0)),
-        "problems": list(attrs.get("problems", [])),
         "ignored_files": list(attrs.get("ignored_files", [])),
         "split_only": len(attrs.get("split_only", [])),
     }
@@ -477,70 +468,18 @@ def _describe(x: pd.Series) -> dict[str, float]:
             "max": round(float(q[2]), 3), "over_8s": int((x > 8).sum())}
 
 
-# ----------------------------------------------------------------------------- splits
+# ----------------------------------------------------------------------------- registration
 
 
-def validation_split(df: pd.DataFrame, fraction: float = 0.2, seed: int = 0,
-                     tries: int = 256) -> pd.DataFrame:
-    """Carve a patient-grouped validation split out of ``train`` (rows get split ``"val"``).
-
-    Whole patients move, so no patient is in both train and val. Seeded random patient orders
-    are tried in turn; the first whose validation share is within 20 % of `fraction` and whose
-    class mix is within 0.2 (L1 distance of class proportions) of train's is kept — otherwise
-    the best of `tries`. Deterministic for a given seed; different seeds give different splits.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), not {fraction}")
-    train = df[df["split"] == "train"]
-    if train["patient"].nunique() < 2:
-        raise ValueError("need at least two training patients to carve a validation split")
-    counts = pd.crosstab(train["patient"], train["label"]).reindex(
-        columns=range(len(CLASSES)), fill_value=0)
-    patients = counts.index.to_numpy()
-    table = counts.to_numpy(dtype=float)  # (P, 4) cycles per patient and class
-    target = fraction * table.sum()
-    train_mix = table.sum(0) / table.sum()
-    rng = np.random.default_rng(seed)
-    best, best_cost = None, math.inf
-    for _ in range(tries):
-        order = rng.permutation(len(patients))
-        totals = np.cumsum(table[order].sum(1))
-        reach = int(np.searchsorted(totals, target)) + 1  # shortest prefix reaching the target
-        # the prefixes just below and just reaching the target; val and train both non-empty
-        for n in sorted({min(max(k, 1), len(patients) - 1) for k in (reach - 1, reach)}):
-            val = table[order[:n]].sum(0)
-            size_error = abs(val.sum() - target) / target
-            mix_error = np.abs(val / val.sum() - train_mix).sum()
-            ok = size_error <= 0.2 and mix_error <= 0.2
-            cost = size_error + mix_error + (0 if ok else 1)
-            if cost < best_cost:
-                best, best_cost = order[:n], cost
-        if best_cost <= 1:  # the first seeded order within both tolerances wins
-            break
-    out = df.copy()
-    val_patients = set(patients[best].tolist())
-    out.loc[(out["split"] == "train") & out["patient"].isin(val_patients), "split"] = "val"
-    return out
+def _is_synthetic(path: Path) -> bool:
+    """A folder `patchmix.synth` wrote: its marker file at the top, or one level up when
+    `path` is the recordings folder."""
+    top = path.parent if path.name in RECORDINGS_DIR_NAMES else path
+    return (top / SYNTHETIC_MARKER).is_file()
 
 
-def patient_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.Series:
-    """Assign every row a fold in ``0..n_folds-1`` so that each patient is in exactly one fold.
-
-    Patients are shuffled with `seed`, then placed largest first into the fold with the fewest
-    cycles, which keeps folds close in size.
-    """
-    if n_folds < 2:
-        raise ValueError("n_folds must be >= 2")
-    sizes = df.groupby("patient").size()
-    if len(sizes) < n_folds:
-        raise ValueError(f"{len(sizes)} patients cannot fill {n_folds} folds")
-    rng = np.random.default_rng(seed)
-    order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
-    order = sorted(order, key=lambda p: -sizes[p])  # stable: ties keep the seeded order
-    load = np.zeros(n_folds)
-    fold_of: dict[int, int] = {}
-    for p in order:
-        k = int(np.argmin(load))
-        fold_of[int(p)] = k
-        load[k] += sizes[p]
-    return df["patient"].map(fold_of).astype("int64").rename("fold")
+register_dataset(DataSet("synthetic", "synthetic stand-in, not ICBHI", read_icbhi,
+                         detect=_is_synthetic, summarize=summarize, synthetic=True))
+# ICBHI is the fallback: any other folder is read as ICBHI, whose reader says what is missing
+register_dataset(DataSet("icbhi", "ICBHI 2017", read_icbhi, detect=lambda path: True,
+                         summarize=summarize, fallback=True))

@@ -8,7 +8,6 @@ turn "the classes look separated" into numbers; `umap_2d` is the picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from patchmix.augment import sample_lambda
+from patchmix.config import MethodConfig
 from patchmix.metrics import icbhi_scores
 from patchmix.model import AST
 from patchmix.patchmix import patch_mix
@@ -32,14 +32,17 @@ class Encoded:
 
 
 @torch.inference_mode()
-def encode_cycles(model: AST, features: np.ndarray, rows: np.ndarray, *, seed: int = 0,
-                  mix_beta: float = 1.0, mix_mode: Literal["random", "time"] = "random",
+def encode_cycles(model: AST, features: np.ndarray, rows: np.ndarray,
+                  method: MethodConfig | None = None, *, seed: int = 0,
                   batch_size: int = 64) -> Encoded:
     """Clean and Patch-Mixed features of `features[rows]` (eval mode, no dropout anywhere).
 
+    `method` is the trained run's method config (`patchmix.experiment.load_trained` returns
+    it): its ``mix_beta`` and ``mix_mode`` mix as its training did (default: `MethodConfig`'s).
     Batches are formed in row order; within a batch, partners and λ ~ Beta(β, β) are drawn
-    from a generator seeded with `seed`, as a training step draws them (PAPER.md §5).
+    from a generator seeded with `seed`, as a training step draws them.
     """
+    method = method or MethodConfig()
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -47,8 +50,10 @@ def encode_cycles(model: AST, features: np.ndarray, rows: np.ndarray, *, seed: i
     for start in range(0, len(rows), batch_size):
         x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]])).to(device)
         tokens = model.embed(x)  # (b, N, D)
-        mix = patch_mix(tokens, sample_lambda(mix_beta, g), g, mix_mode, model.grid)
-        feats = model.encode(torch.cat([tokens, mix.tokens]))  # (2b, D)
+        mix = patch_mix(tokens, sample_lambda(method.mix_beta, g), g, method.mix_mode,
+                        model.grid)
+        feats = model.forward_head(model.encode(torch.cat([tokens, mix.tokens])),
+                                   pre_logits=True)  # (2b, D)
         c, m = feats.float().cpu().chunk(2)
         clean.append(c)
         mixed.append(m)

@@ -3,7 +3,8 @@
 Patch-Mix CL step: a clean forward gives the feature f (B, D) and the plain CE; a Patch-Mix
 forward gives f̃ (B, D), projected by `Projector`; the contrastive loss pulls the projection of
 mixed sample i toward the clean features of both its sources, i (weight λ) and index[i]
-(weight 1 − λ), against the other clean samples of the batch. Total loss = CE + ALPHA · L_CL.
+(weight 1 − λ), against the other clean samples of the batch. Total loss = CE + α · L_CL
+(`patchmix.methods.patchmix_cl` puts the pieces together; τ and α default to `MethodConfig`'s).
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patchmix.augment import check_lam, mixed_cross_entropy
-
-TEMPERATURE = 0.06
-"""τ of the contrastive softmax (PAPER.md §5, the official scripts' value)."""
-
-ALPHA = 1.0
-"""Weight of the contrastive term: total loss = CE(clean) + ALPHA · L_CL (PAPER.md §5)."""
-
-TARGET_TYPES = ("grad_block", "grad_flow", "project_block", "project_flow")
-NEGATIVES = ("all", "diff_label")
+from patchmix.config import NEGATIVES, TARGET_TYPES, MethodConfig
 
 
 def patchmix_ce(
@@ -58,7 +51,8 @@ class Projector(nn.Module):
 
 
 def contrastive_target(
-    clean_feat: torch.Tensor, projector: nn.Module | None = None, target_type: str = "grad_block"
+    clean_feat: torch.Tensor, projector: nn.Module | None = None,
+    target_type: str = MethodConfig.target_type,
 ) -> tuple[torch.Tensor, bool]:
     """The contrastive target built from the clean features, and whether to stop its gradient.
 
@@ -92,10 +86,10 @@ def patchmix_contrastive_loss(
     clean_feat: torch.Tensor,
     index: torch.Tensor,
     lam: float,
-    temperature: float = TEMPERATURE,
+    temperature: float = MethodConfig.temperature,
     *,
     labels: torch.Tensor | None = None,
-    negatives: str = "all",
+    negatives: str = MethodConfig.negatives,
     stop_grad: bool = True,
 ) -> torch.Tensor:
     """The Patch-Mix contrastive loss L_CL (PAPER.md §5), a mean over the batch.

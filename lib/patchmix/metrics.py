@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from patchmix.icbhi import CLASSES, CLASSES_2
+from patchmix.datasets import CLASSES, CLASSES_2
 
 
 def class_names(n_classes: int) -> tuple[str, ...]:

@@ -1,25 +1,29 @@
-"""Audio Spectrogram Transformer (PAPER.md §4) and its pretrained weights.
+"""The backbone: Audio Spectrogram Transformer on timm blocks, and its pretrained weights.
 
 `AST` is a DeiT-base distilled backbone (timm `Block`s) over a 1-channel, stride-10 patch
-embedding of the 128 mel × 798 frame fbank: 12 × 79 = 948 tokens, frequency-major. The forward
-pass is split at the two places the Patch-Mix code needs: `embed` (conv only) and `encode`
-(CLS + DIST, positional embedding, blocks, final norm, mean of the two prefix outputs), so that
-tokens can be mixed in between and a clean and a mixed batch can share one `encode` call.
-What each block keeps for the backward pass is `ModelConfig.activations`: everything
-(``"store"``), only the outputs of attention and of the widening matmuls (``"lean"``, selective
-activation checkpointing) or only its input (``"checkpoint"``); the gradients are the same.
+embedding of the 128 mel × 798 frame fbank: 12 × 79 = 948 tokens, frequency-major. It speaks
+timm's language — `forward_features(x)` returns the tokens (B, 2 + N, D), `forward_head(x,
+pre_logits=False)` pools them (mean of the CLS and DIST outputs) and classifies — and splits
+`forward_features` where Patch-Mix acts: `embed` (the patch conv only) and `encode` (CLS + DIST,
+positional embedding, blocks, final norm), so tokens can be mixed in between and a clean and a
+mixed batch can share one `encode` call. What each block keeps for the backward pass is
+`ModelConfig.activations`: everything (``"store"``), only the outputs of attention and of the
+widening matmuls (``"lean"``, selective activation checkpointing) or only its input
+(``"checkpoint"``); the gradients are the same.
 
-Positional embeddings of a pretrained grid are fitted to ours by `adapt_pos_embed`, with the AST
-rule (``"ast"``, correct) or the official code's swapped-dimension quirk (``"official"``).
-Weights come only from local files in the official key formats (the AudioSet AST checkpoint
-``audioset_10_10_0.4593.pth`` and a DeiT ImageNet checkpoint) and load strictly: every backbone
-tensor is filled and every checkpoint tensor is used or is a known classifier head.
+Backbones are registered by name (`register_backbone`) and chosen by ``model.backbone``;
+`build_model` builds the configured one. Positional embeddings of a pretrained grid are fitted to
+ours by `adapt_pos_embed`, with the AST rule (``"ast"``, correct) or the official code's
+swapped-dimension quirk (``"official"``). Weights come only from local files in the official key
+formats (the AudioSet AST checkpoint ``audioset_10_10_0.4593.pth`` and a DeiT ImageNet
+checkpoint) and load strictly: every backbone tensor is filled and every checkpoint tensor is
+used or is a known classifier head.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -79,8 +83,7 @@ class AST(nn.Module):
             Block(d, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(cfg.depth)
         ])
-        for block in self.blocks:
-            block.attn.fused_attn = True  # F.scaled_dot_product_attention, whatever TIMM_FUSED_ATTN
+        self.set_fused_attention(True)  # whatever TIMM_FUSED_ATTN says
         self.norm = norm_layer(d)
         # Official mlp_head: LayerNorm (PyTorch's eps) + Linear, PyTorch's default init.
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.n_classes))
@@ -106,7 +109,8 @@ class AST(nn.Module):
         return self.patch_embed(x)  # (B, 948, D)
 
     def encode(self, tokens: Tensor) -> Tensor:
-        """Tokens (B, N, D) → feature (B, D): CLS/DIST, pos_embed, blocks, norm, CLS/DIST mean."""
+        """Patch tokens (B, N, D) → output tokens (B, 2 + N, D): CLS/DIST, pos_embed, blocks,
+        final norm."""
         b = tokens.shape[0]
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(b, -1, -1)  # (B, 2, D)
         x = torch.cat([prefix, tokens], dim=1) + self.pos_embed  # (B, 950, D)
@@ -117,16 +121,27 @@ class AST(nn.Module):
             lean = {"context_fn": _lean_contexts} if mode == "lean" else {}
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False, **lean)
-        x = self.norm(x)  # (B, 950, D)
-        return (x[:, 0] + x[:, 1]) / 2  # (B, D)
+        return self.norm(x)  # (B, 950, D)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Fbank (B, T, F) → feature (B, D) = `encode(embed(x))`."""
+        """Fbank (B, T, F) → output tokens (B, 2 + N, D) = `encode(embed(x))`."""
         return self.encode(self.embed(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Output tokens (B, 2 + N, D) → the feature (B, D), the mean of the CLS and DIST
+        outputs (``pre_logits=True``), or its logits (B, n_classes)."""
+        feature = (x[:, 0] + x[:, 1]) / 2  # (B, D)
+        return feature if pre_logits else self.head(feature)
 
     def forward(self, x: Tensor) -> Tensor:
         """Fbank (B, T, F) → logits (B, n_classes)."""
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Fused ``F.scaled_dot_product_attention`` (the default) or timm's manual attention,
+        ``softmax(q·kᵀ/√d)·v`` with the (B, H, N, N) matrix materialised, in every block."""
+        for block in self.blocks:
+            block.attn.fused_attn = fused
 
 
 # --- activation memory ---------------------------------------------------------------------
@@ -197,7 +212,7 @@ def _fit_grid(grid: Tensor, rows: int, cols: int) -> Tensor:
 
 
 def adapt_pos_embed(grid_pe: Tensor, target_grid: tuple[int, int],
-                    rule: PosEmbedRule = "ast") -> Tensor:
+                    rule: PosEmbedRule = ModelConfig.pos_embed) -> Tensor:
     """Fit a pretrained positional grid (1, D, Hs, Ws) to our tokens: → (1, F·T, D).
 
     ``target_grid`` is (F, T), frequency rows × time columns. Rule ``"ast"`` resizes the grid to
@@ -298,7 +313,8 @@ def _load_backbone(model: AST, tensors: dict[str, tuple[str, Tensor]], unexpecte
     model.load_state_dict(state, strict=True)
 
 
-def load_audioset_checkpoint(model: AST, path: str | Path, *, rule: PosEmbedRule = "ast",
+def load_audioset_checkpoint(model: AST, path: str | Path, *,
+                             rule: PosEmbedRule = ModelConfig.pos_embed,
                              source_grid: tuple[int, int] | None = None) -> AST:
     """Load the official AudioSet AST checkpoint (``audioset_10_10_0.4593.pth``) into `model`.
 
@@ -337,7 +353,7 @@ def _load_imagenet_state(model: AST, state: Mapping[str, Tensor], source: str,
 
 
 def load_imagenet_checkpoint(model: AST, path: str | Path | None, *,
-                             rule: PosEmbedRule = "ast") -> AST:
+                             rule: PosEmbedRule = ModelConfig.pos_embed) -> AST:
     """Load DeiT-base distilled 384 ImageNet weights into `model`'s backbone.
 
     ``path``: a local DeiT checkpoint (a state_dict or ``{"model": state_dict}``, keys
@@ -362,7 +378,33 @@ def load_imagenet_checkpoint(model: AST, path: str | Path | None, *,
     return model
 
 
-def build_model(cfg: ModelConfig) -> AST:
+# --- the registry --------------------------------------------------------------------------
+
+_BACKBONES: dict[str, Callable[[ModelConfig], AST]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[[ModelConfig], AST]],
+                                             Callable[[ModelConfig], AST]]:
+    """Register a function ``ModelConfig → model`` as the backbone ``model.backbone=name``.
+
+    A backbone provides what the methods call: `embed`, `encode`, `forward_head` (with
+    ``pre_logits``), `head`, `grid`, and `forward`, with the shapes of `AST`.
+    """
+    def add(builder: Callable[[ModelConfig], AST]) -> Callable[[ModelConfig], AST]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _BACKBONES[name] = builder
+        return builder
+    return add
+
+
+def backbone_names() -> tuple[str, ...]:
+    """Names of the registered backbones."""
+    return tuple(_BACKBONES)
+
+
+@register_backbone("ast")
+def build_ast(cfg: ModelConfig) -> AST:
     """The AST of `cfg`, initialised as ``cfg.weights`` says, pos_embed by ``cfg.pos_embed``.
 
     ``"none"``: timm's DeiT initialisation. ``"imagenet"``: DeiT weights from
@@ -387,8 +429,13 @@ def build_model(cfg: ModelConfig) -> AST:
     return model
 
 
+def build_model(cfg: ModelConfig) -> AST:
+    """The backbone ``cfg.backbone`` built (and initialised) from `cfg`."""
+    return _BACKBONES[cfg.backbone](cfg)
+
+
 def ast_from_checkpoint(path: str | Path, *, n_classes: int = 4,
-                        pos_embed: PosEmbedRule = "ast") -> AST:
+                        pos_embed: PosEmbedRule = ModelConfig.pos_embed) -> AST:
     """The paper-geometry AST (ModelConfig defaults) from an official AudioSet checkpoint."""
     cfg = ModelConfig(n_classes=n_classes, pos_embed=pos_embed, weights="audioset",
                       audioset_checkpoint=str(path))

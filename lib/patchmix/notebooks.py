@@ -1,22 +1,111 @@
-"""Execute the numbered notebooks in order with papermill (what `make reproduce` runs).
+"""The notebooks' one setup call, and running them in order with papermill.
+
+In a notebook, `setup` turns the parameters cell into everything the notebook works with: the
+configuration (profile, data folder, weights, overrides, typed knobs), the data set, the seeds,
+the outputs and the runs the notebook needs (`patchmix.experiment.NOTEBOOK_RUNS`).
 
 ``python -m patchmix.notebooks --profile demo [--data ROOT] [--weights FILE] [--seeds N]``
-runs ``notebooks/01_…`` to ``05_…`` headlessly, keeps the executed copies and their HTML under
-``out/executed/``, and prints (and saves as ``timings.json``) the wall time of each notebook.
-A failing notebook stops the run with its error and the path of its executed copy.
+(what ``make reproduce`` runs) executes ``notebooks/01_…`` to ``05_…`` headlessly, keeps the
+executed copies and their HTML under ``out/executed/``, and prints (and saves as
+``timings.json``) the wall time of each notebook. A failing notebook stops the run with its
+error and the path of its executed copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchmix.report import NOTEBOOKS, project_root
+import pandas as pd
+
+from patchmix import plots
+from patchmix.config import KNOBS, ExperimentConfig, get_value, notebook_config
+from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
+from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
+from patchmix.report import NOTEBOOKS, Outputs, project_root
+
+
+@dataclass
+class Notebook:
+    """What a notebook works with, made by `setup` from its parameters."""
+
+    name: str
+    cfg: ExperimentConfig
+    seeds: list[int]
+    ablation_seeds: list[int]
+    root: str  # the data folder
+    dataset: DataSet
+    out: Outputs
+
+    @functools.cached_property
+    def data(self) -> Data:
+        """The data set ready to train on (features computed on first use, then cached)."""
+        return load_data(self.cfg.data)
+
+    @functools.cached_property
+    def cycles(self) -> pd.DataFrame:
+        """The data set's cycle table as read, without a validation split."""
+        return read_cycles(self.root)[1]
+
+    def plan(self, *groups: str) -> list[PlannedRun]:
+        """The runs of `groups` (default: all this notebook needs), without training any."""
+        return planned_runs(groups or NOTEBOOK_RUNS[self.name], self.cfg)
+
+    def runs(self, *groups: str) -> pd.DataFrame:
+        """The per-seed table of the runs of `groups` (`patchmix.experiment.run_seeds`):
+        trained unless the run cache has them, with a progress bar for those that train."""
+        seeds = {"seeds": self.seeds, "ablation_seeds": self.ablation_seeds}
+        return run_table(self.plan(*groups), seeds, data=self.data)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """How figures and tables name the runs this notebook plans (name → label)."""
+        return {p.name: p.label for p in self.plan()}
+
+    def knobs(self) -> pd.DataFrame:
+        """The knobs of `patchmix.config.KNOBS` with their values in this configuration."""
+        return pd.DataFrame([{"knob": name, "field": k.path, "value": get_value(self.cfg, k.path),
+                              "what": k.help} for name, k in KNOBS.items()])
+
+
+def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str = "",
+          seeds: int = 1, ablation_seeds: int = 1, overrides: str = "",
+          figures_dir: str = "figures", results_dir: str = "results",
+          **knobs: Any) -> Notebook:
+    """A notebook's parameters → its `Notebook`: the one call after the parameters cell.
+
+    Moves to the repository root (so ``data/``, ``runs/``, ``figures/`` mean the same under
+    papermill and in JupyterLab, which starts kernels in ``notebooks/``), applies the figure
+    style, builds the configuration (`patchmix.config.notebook_config`: `knobs` are names of
+    `KNOBS` with typed values, None keeping the profile's), finds the data set and prepares the
+    outputs, whose provenance line it prints. Seeds are 1..`seeds` (1..`ablation_seeds` for
+    ablations). Features are loaded when first used (`Notebook.data`).
+    """
+    if name not in NOTEBOOKS:
+        raise ValueError(f"unknown notebook {name!r}; one of {', '.join(NOTEBOOKS)}")
+    os.chdir(project_root())
+    plots.use_style()
+    cfg = notebook_config(profile, data_root=data_root, weights=weights, overrides=overrides,
+                          knobs=knobs)
+    root = resolve_root(cfg.data)
+    dataset = find_dataset(root)
+    trains = bool(NOTEBOOK_RUNS[name])
+    run_seeds = list(range(1, seeds + 1))
+    out = Outputs(name, figures_dir, results_dir, context={
+        "profile": profile, "data": dataset.describe(root),
+        "weights": cfg.model.weights if trains else "–",
+        "seeds": ", ".join(map(str, run_seeds)) if trains else "–"})
+    print(out.context_line())
+    return Notebook(name, cfg, run_seeds, list(range(1, ablation_seeds + 1)), str(root),
+                    dataset, out)
 
 EXECUTED = Path("out/executed")
 

@@ -20,8 +20,7 @@ from typing import NamedTuple
 import torch
 
 from patchmix.augment import check_lam
-
-MODES = ("random", "time")
+from patchmix.config import MIX_MODES, MethodConfig
 
 
 class PatchMixResult(NamedTuple):
@@ -49,8 +48,8 @@ def _check_inputs(
         raise ValueError(f"tokens must hold at least one sample and one token, "
                          f"got shape {tuple(tokens.shape)}")
     lam = check_lam(lam)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode not in MIX_MODES:
+        raise ValueError(f"mode must be one of {MIX_MODES}, not {mode!r}")
     if mode == "time" and grid is None:
         raise ValueError("mode='time' needs grid=(F, T), the token grid "
                          "(frequency rows, time columns)")
@@ -68,7 +67,7 @@ def patch_mix(
     tokens: torch.Tensor,
     lam: float,
     generator: torch.Generator,
-    mode: str = "random",
+    mode: str = MethodConfig.mix_mode,
     grid: tuple[int, int] | None = None,
 ) -> PatchMixResult:
     """Mix patch tokens across the batch (PAPER.md §5); pure, differentiable.

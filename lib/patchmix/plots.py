@@ -17,8 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from patchmix.icbhi import CLASSES
-from patchmix.report import METHOD_NAMES
+from patchmix.datasets import CLASSES
+from patchmix.report import method_label
 
 PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
                             "#F0E442", "#000000")
@@ -43,11 +43,6 @@ def use_style() -> None:
         "axes.prop_cycle": matplotlib.cycler(color=list(PALETTE)),
         "figure.constrained_layout.use": True, "image.cmap": "magma",
     })
-
-
-def method_label(name: str) -> str:
-    """Readable name of a method key (``patchmix_cl`` → ``Patch-Mix CL``)."""
-    return METHOD_NAMES.get(name, name)
 
 
 def learning_curves(history: pd.DataFrame, *, hue: str = "method",

@@ -18,9 +18,10 @@ from typing import Any
 import pandas as pd
 
 from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
+from patchmix.experiment import NOTEBOOK_RUNS, no_spec_augment_label
+from patchmix.methods import get_method, method_names, method_with_role
 
-NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_baselines", "03_patchmix_ablations",
-                              "04_latent_umap", "05_paper_tables")
+NOTEBOOKS: tuple[str, ...] = tuple(NOTEBOOK_RUNS)  # the notebooks/ files, in reading order
 INDEX_FILES: tuple[str, ...] = ("README.md", "manifest.json")  # in results/, not per notebook
 
 # PAPER.md §1: 4-class ICBHI official split, best-test-epoch protocol, in %. The paper's own
@@ -39,12 +40,6 @@ PAPER_TABLE = pd.DataFrame([
      "seeds": _NAN, "weights": "as cited"},
 ])
 PAPER_2CLASS_SCORE = 68.71  # Patch-Mix CL, normal vs abnormal
-METHOD_NAMES: dict[str, str] = {
-    "ce": "Fine-tuning (CE)", "weighted_ce": "Fine-tuning (weighted CE)",
-    "specaug": "SpecAugment", "ce_no_specaug": "CE, no SpecAugment", "mixup": "Mixup",
-    "cutmix": "CutMix",
-    "patchmix_ce": "Patch-Mix CE", "patchmix_cl": "Patch-Mix CL",
-}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -61,18 +56,16 @@ def project_root(start: str | Path | None = None) -> Path:
                             f"{here}")
 
 
+def method_label(name: str) -> str:
+    """How tables and figures name a registered method (``patchmix_cl`` → ``Patch-Mix CL``);
+    any other name (a variant such as ``ce_no_specaug``) as it is."""
+    return get_method(name).label if name in method_names() else name
+
+
 def notebook_of(filename: str) -> str | None:
     """The notebook a figure/result file is named after, or None."""
     matches = [nb for nb in NOTEBOOKS if filename.startswith(nb + "-")]
     return matches[0] if len(matches) == 1 else None
-
-
-def describe_data(root: str, synthetic: bool) -> str:
-    """How a table names its data: ``synthetic stand-in, not ICBHI (folder synthetic)`` or
-    ``ICBHI 2017 (folder …)``; only the folder's name, never a machine path."""
-    name = Path(root).name or str(root)
-    return (f"synthetic stand-in, not ICBHI (folder {name})" if synthetic
-            else f"ICBHI 2017 (folder {name})")
 
 
 @dataclass
@@ -177,19 +170,21 @@ def results_readme(manifest: dict[str, dict[str, Any]]) -> str:
 
 
 def paper_comparison(summary: pd.DataFrame, *, data: str, weights: str,
+                     labels: dict[str, str] | None = None,
                      protocols: tuple[str, ...] = ("best_test", "last", "val")) -> pd.DataFrame:
     """The paper's Table-1 rows (PAPER.md §1) above this run's, one row per method × protocol.
 
-    `summary` is `patchmix.experiment.aggregate` output. Columns: ``source, method, protocol,
-    sp, sp_sd, se, se_sd, score, score_sd, seeds, data, weights``; the paper's rows are its
-    published best-test-epoch numbers on ICBHI (sd not reported).
+    `summary` is `patchmix.experiment.aggregate` output; `labels` names its methods (default:
+    the method registry's labels). Columns: ``source, method, protocol, sp, sp_sd, se, se_sd,
+    score, score_sd, seeds, data, weights``; the paper's rows are its published
+    best-test-epoch numbers on ICBHI (sd not reported).
     """
     paper = PAPER_TABLE.assign(source="paper", protocol="best_test", sp_sd=_NAN, se_sd=_NAN,
                                score_sd=_NAN, data="ICBHI 2017 (published)")
     ours = summary[summary["protocol"].isin(protocols)].rename(columns={
         "sp_mean": "sp", "se_mean": "se", "score_mean": "score"})
     ours = ours.assign(source="this run", data=data, weights=weights,
-                       method=[METHOD_NAMES.get(m, m) for m in ours["method"]])
+                       method=[(labels or {}).get(m) or method_label(m) for m in ours["method"]])
     columns = ["source", "method", "protocol", "sp", "sp_sd", "se", "se_sd", "score", "score_sd",
                "seeds", "data", "weights"]
     table = pd.concat([paper[columns], ours[columns]], ignore_index=True)
@@ -212,8 +207,9 @@ def with_sd(frame: pd.DataFrame, metrics: tuple[str, ...] = ("sp", "se", "score"
 def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: str) -> str:
     """A plain-language reading of `aggregate` output: what this run shows and does not.
 
-    Compares Patch-Mix CL with fine-tuning (CE) under the last-epoch protocol against the
-    seeds' spread, and measures what choosing the epoch on the test set adds.
+    Compares the paper's method with its reference (roles ``proposed`` and ``reference`` of the
+    method registry) under the last-epoch protocol against the seeds' spread, and measures what
+    choosing the epoch on the test set adds.
     """
     def get(method: str, protocol: str) -> pd.Series | None:
         rows = summary[(summary["method"] == method) & (summary["protocol"] == protocol)]
@@ -227,7 +223,8 @@ def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: st
             f"- **These are not ICBHI numbers.** This run used {source} and {init}"
             f" model (profile `{profile}`). The paper's rows are shown as the reference they"
             " are not meant to match.")
-    cl, ce = get("patchmix_cl", "last"), get("ce", "last")
+    proposed, reference = method_with_role("proposed"), method_with_role("reference")
+    cl, ce = get(proposed.name, "last"), get(reference.name, "last")
     if cl is not None and ce is not None:
         diff = cl["score_mean"] - ce["score_mean"]
         spread = max(cl["score_sd"], ce["score_sd"])
@@ -237,22 +234,18 @@ def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: st
             judged = f"more than twice the larger seed sd ({spread:.2f})"
         else:
             judged = f"within about two seed sds ({spread:.2f}): not evidence either way"
-        lines.append(f"- Last epoch: Patch-Mix CL scores {cl['score_mean']:.2f} and fine-tuning "
-                     f"(CE) {ce['score_mean']:.2f}, a difference of {diff:+.2f} points, {judged}.")
-    best = get("patchmix_cl", "best_test")
+        other = reference.label[:1].lower() + reference.label[1:]  # mid-sentence
+        lines.append(f"- Last epoch: {proposed.label} scores {cl['score_mean']:.2f} and {other} "
+                     f"{ce['score_mean']:.2f}, a difference of {diff:+.2f} points, {judged}.")
+    best = get(proposed.name, "best_test")
     if best is not None and cl is not None:
         lines.append(f"- Choosing the epoch on the test set (the published protocol) adds "
-                     f"{best['score_mean'] - cl['score_mean']:+.2f} points to Patch-Mix CL's "
+                     f"{best['score_mean'] - cl['score_mean']:+.2f} points to {proposed.label}'s "
                      "Score over the last epoch: that gain is selection, not learning.")
     lines.append("- What this run does not show: whether the paper's ICBHI numbers reproduce "
                  "(that needs `make reproduce PROFILE=paper ICBHI_ROOT=… WEIGHTS=…` on a GPU "
                  "and ≥ 5 seeds).")
     return "\n".join(lines)
-
-
-README_TABLE_METHODS: tuple[str, ...] = ("AST fine-tuning (ImageNet + AudioSet)",
-                                         "AST + Patch-Mix CL (the paper)", "Fine-tuning (CE)",
-                                         "CE, no SpecAugment", "Patch-Mix CL")
 
 
 def readme_table(table1_csv: str | Path) -> str:
@@ -262,8 +255,11 @@ def readme_table(table1_csv: str | Path) -> str:
     the published and the last-epoch protocols, as Markdown; a test keeps the README's copy equal
     to it, so the README never shows numbers the last `make reproduce` did not produce.
     """
+    reference, proposed = method_with_role("reference"), method_with_role("proposed")
+    methods = [*PAPER_TABLE["method"][:2], reference.label, no_spec_augment_label(reference),
+               proposed.label]
     table = pd.read_csv(table1_csv, keep_default_na=True)
-    keep = table["method"].isin(README_TABLE_METHODS) & table["protocol"].isin(
+    keep = table["method"].isin(methods) & table["protocol"].isin(
         ["best_test", "last"])
     shown = with_sd(table[keep])[["source", "method", "protocol", "sp", "se", "score", "seeds"]]
     shown["seeds"] = shown["seeds"].astype(str)  # "–" or a count, as paper_comparison wrote

@@ -73,8 +73,8 @@ import numpy as np
 import soundfile as sf
 from scipy import fft as sp_fft
 
+from patchmix.datasets import CLASSES
 from patchmix.icbhi import (
-    CLASSES,
     DEMOGRAPHICS_FILE_NAMES,
     DIAGNOSIS_FILE_NAMES,
     RECORDINGS_DIR_NAMES,

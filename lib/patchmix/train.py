@@ -1,9 +1,10 @@
-"""The training and evaluation engine (PAPER.md §6-§7).
+"""The training engine: one run of a registered method, epoch by epoch, evaluated and resumable.
 
-`fit(cfg, data, out_dir)` trains one run: Adam with coupled L2, a cosine learning rate set once
-per epoch, optional bf16 autocast, the official ``ma_update`` weight interpolation after every
-step, and an evaluation of the test (and validation) cycles after every epoch. All three
-selection protocols are recorded for every run:
+`fit(cfg, data, out_dir)` trains the method ``cfg.method.name`` (`patchmix.methods`; the engine
+knows nothing about any one method): Adam with coupled L2, a cosine learning rate set once per
+epoch, optional bf16 autocast, the official ``ma_update`` weight interpolation after every step,
+and an evaluation of the test (and validation) cycles after every epoch. All three selection
+protocols are recorded for every run:
 
 - ``best_test``: the epoch with the best test Score among those with Se > 5 — what the paper
   and the official code report (model selection on the test set);
@@ -12,84 +13,49 @@ selection protocols are recorded for every run:
   train (only when ``data.val_fraction > 0``).
 
 Each epoch appends to ``metrics.jsonl`` and atomically rewrites ``last.pt``; an interrupted run
-resumes from it and ends with the same numbers. Randomness comes from the run seed: the model
-initialisation, then one generator per epoch for the batch order and every augmentation.
+resumes from it and ends with the same numbers. Randomness comes from the run seed: the model's
+(and the method's) initialisation, then one generator per epoch for the batch order and every
+augmentation.
 
-Under ``torchrun`` (several processes) the model is wrapped in DistributedDataParallel, each
-step's global batch of ``train.batch_size`` cycles is shared among the ranks, evaluation
-predictions are gathered from all ranks, and only rank 0 writes files: `patchmix.distributed`
-says how, and why the metrics are those of one process.
+Under ``torchrun`` (several processes) the step's modules are wrapped in
+DistributedDataParallel, each step's global batch of ``train.batch_size`` cycles is shared among
+the ranks (`patchmix.methods.Net`), evaluation predictions are gathered from all ranks, and only
+rank 0 writes files: `patchmix.distributed` says how, and why the metrics are those of one
+process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from patchmix import distributed
 from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
-from patchmix.augment import (
-    class_weights,
-    cutmix,
-    mixed_cross_entropy,
-    mixup,
-    sample_lambda,
-    spec_augment,
-)
-from patchmix.config import DataConfig, ExperimentConfig, to_dict
-from patchmix.features import cycle_features
-from patchmix.icbhi import CLASSES, read_icbhi, validation_split
-from patchmix.losses import Projector, contrastive_target, patchmix_ce, patchmix_contrastive_loss
+from patchmix.augment import spec_augment
+from patchmix.config import ExperimentConfig, to_dict
+from patchmix.datasets import CLASSES, Data
+from patchmix.methods import Method, Net, get_method
 from patchmix.metrics import icbhi_scores
 from patchmix.model import AST, build_model
-from patchmix.patchmix import patch_mix
 
 PROTOCOLS: tuple[str, ...] = ("best_test", "last", "val")
-DEFAULT_DATA = "data/synthetic"
-
-
-@dataclass
-class Data:
-    """The cycle table (``split`` in train/val/test) and its features, row-aligned."""
-
-    cycles: pd.DataFrame
-    features: np.ndarray  # (n, 798, 128) float32, memory-mapped
-    root: str
-    synthetic: bool
-
-    def rows(self, split: str) -> np.ndarray:
-        """Row positions of one split."""
-        return np.flatnonzero(self.cycles["split"].to_numpy() == split)
-
-
-def data_root(cfg: DataConfig) -> str:
-    """``cfg.root``, else ``$ICBHI_ROOT``, else the synthetic set under ``data/synthetic``."""
-    return cfg.root or os.environ.get("ICBHI_ROOT") or DEFAULT_DATA
-
-
-def load_data(cfg: DataConfig, *, progress: bool = True) -> Data:
-    """Read the data set, carve the validation split and get (cached) features."""
-    root = data_root(cfg)
-    cycles = read_icbhi(root)
-    if cfg.val_fraction > 0:
-        cycles = validation_split(cycles, cfg.val_fraction, seed=cfg.val_seed)
-    cycles = cycles.reset_index(drop=True)
-    features = cycle_features(cycles, cfg.features, progress=progress)
-    return Data(cycles, features, str(root), bool(cycles.attrs.get("synthetic", False)))
+# The official code lets an epoch be the best only if its Se > 5, so that an epoch calling
+# (almost) every cycle normal — Score ≈ 50 from Sp ≈ 100 alone — is never picked.
+MIN_SE_BEST_TEST = 5.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,74 +85,53 @@ def _float_state(modules: list[nn.Module]) -> list[torch.Tensor]:
             if t.is_floating_point()]
 
 
+class Objective(nn.Module):
+    """One batch's loss terms, as a module over the model and the method (so that
+    DistributedDataParallel can wrap both): the recipe's SpecAugment when it is on, then the
+    method's `loss`."""
+
+    def __init__(self, model: AST, method: Method, net: Net) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        self.net = net
+
+    def forward(self, x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, Tensor]:
+        m = self.method
+        if m.always_spec_augment or m.cfg.spec_augment:
+            x = spec_augment(x, g, gate=m.cfg.specaug_gate)  # (B, T, F), a new tensor
+        return m.loss(self.net, x, y, g)
+
+
 class Run:
-    """One training run's modules, optimiser and step logic; `fit` drives it."""
+    """One training run's modules, optimiser and step; `fit` drives it."""
 
     def __init__(self, cfg: ExperimentConfig, data: Data, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # fixes the initialisation of the model, then the method's
         self.model: AST = build_model(cfg.model).to(device)
         if cfg.train.compile:
             for block in self.model.blocks:  # in place: checkpoints keep their key names
                 block.compile()
-        self.projector = (Projector(cfg.model.embed_dim).to(device)
-                          if cfg.method.name == "patchmix_cl" else None)
-        modules: list[nn.Module] = [self.model] + ([self.projector] if self.projector else [])
-        self.modules = modules
-        params = [p for m in modules for p in m.parameters()]
+        train_labels = data.cycles["label"].to_numpy()[data.rows("train")]
+        self.method: Method = get_method(cfg.method.name)(cfg, train_labels).to(device)
+        self.modules: list[nn.Module] = [self.model, self.method]
+        params = [p for m in self.modules for p in m.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
-        train_labels = data.cycles["label"].to_numpy()[data.rows("train")]
-        self.weight = (class_weights(train_labels, len(CLASSES)).to(device)
-                       if cfg.method.name == "weighted_ce" else None)
         bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto"
                                                  and device.type == "cuda")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                          else nullcontext())
         self.dist = distributed.current()
-        self.ddp = (DistributedDataParallel(_StepLoss(self), device_ids=(
+        self.net = Net(self.model, self.dist)
+        self.objective = Objective(self.model, self.method, self.net)
+        self.ddp = (DistributedDataParallel(self.objective, device_ids=(
             [device] if device.type == "cuda" else None)) if self.dist.enabled else None)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The method's loss on one batch x (B, T, F), y (B,).
-
-        With several processes x, y are the global batch on every rank: the random draws and
-        input-level mixing use all of it, the transformer runs on this rank's shard only, and
-        the loss is computed from the gathered outputs (`patchmix.distributed`). In one
-        process `shard` and `gather` return their input.
-        """
-        m, model = self.cfg.method, self.model
-        n, shard, gather = len(y), self.dist.shard, self.dist.gather
-        if m.spec_augment or m.name == "specaug":
-            x = spec_augment(x, g, gate=m.specaug_gate)
-        if m.name in ("ce", "weighted_ce", "specaug"):
-            return F.cross_entropy(gather(model(shard(x)), n), y, weight=self.weight)
-        lam = sample_lambda(m.mix_beta, g)
-        if m.name == "mixup":
-            xm, ya, yb, _ = mixup(x, y, lam, g)
-            return mixed_cross_entropy(gather(model(shard(xm)), n), ya, yb, lam)
-        if m.name == "cutmix":
-            xm, ya, yb, _, lam = cutmix(x, y, lam, g)
-            return mixed_cross_entropy(gather(model(shard(xm)), n), ya, yb, lam)
-        tokens = model.embed(x)  # (B, N, D)
-        mix = patch_mix(tokens, lam, g, m.mix_mode, model.grid)
-        if m.name == "patchmix_ce":
-            logits = gather(model.head(model.encode(shard(mix.tokens))), n)  # (B, C)
-            return patchmix_ce(logits, y, mix.index, mix.lam)
-        assert self.projector is not None
-        # (2b, D): clean and mixed through one batched call (b = B in one process)
-        feats = model.encode(torch.cat([shard(tokens), shard(mix.tokens)]))
-        clean, mixed = (gather(f, n) for f in feats.chunk(2))  # (B, D) each
-        ce = F.cross_entropy(model.head(clean), y)
-        target, stop = contrastive_target(clean, self.projector, m.target_type)
-        cl = patchmix_contrastive_loss(self.projector(mixed), target, mix.index, mix.lam,
-                                       m.temperature, labels=y, negatives=m.negatives,
-                                       stop_grad=stop)
-        return ce + m.alpha * cl
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-             state: list[torch.Tensor]) -> torch.Tensor:
-        """One optimisation step on batch x (B, T, F), y (B,); returns the detached loss.
+    def step(self, x: Tensor, y: Tensor, g: torch.Generator,
+             state: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimisation step on batch x (B, T, F), y (B,); returns the detached loss and
+        its terms.
 
         ``state`` is `_float_state` of the modules when ``ma_beta`` > 0 (else empty): after the
         optimiser step it is interpolated with its pre-step copy (`ma_update`). For a lower
@@ -198,21 +143,26 @@ class Run:
         buffers = {i: t.detach().clone() for i, t in enumerate(state)
                    if not isinstance(t, nn.Parameter)}
         with self.autocast:
-            loss = self.ddp(x, y, g) if self.ddp is not None else self.loss(x, y, g)
+            terms = (self.ddp or self.objective)(x, y, g)
+            loss = functools.reduce(operator.add, terms.values())  # the objective: their sum
         loss.backward()
         previous = [buffers[i] if i in buffers else t.detach().clone()
                     for i, t in enumerate(state)]
         self.optimizer.step()
-        if state:
+        if state:  # the official ma_update: each step goes only (1 − β) of the optimiser's way
             ma_update(state, previous, self.cfg.train.ma_beta)
-        return loss.detach()
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}
 
-    def train_epoch(self, epoch: int, progress: bool) -> float:
-        """One epoch over shuffled training batches (drop_last); returns the mean loss."""
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        """One epoch over shuffled training batches (drop_last); returns the mean loss
+        (``"loss"``) and the mean of each of its terms."""
         cfg = self.cfg.train
         lr = cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.min_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # One generator per epoch, seeded from the run seed and the epoch number alone: a
+        # resumed run draws exactly what an uninterrupted one would. 1,000,003 is a prime above
+        # any epoch count, so no two (seed, epoch) pairs share a generator.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         rows = self.data.rows("train")
         order = rows[torch.randperm(len(rows), generator=g).numpy()]
@@ -225,17 +175,21 @@ class Run:
         for m in self.modules:
             m.train()
         state = _float_state(self.modules) if cfg.ma_beta > 0 else []
-        total = torch.zeros((), device=self.device)
+        totals: dict[str, Tensor] = {}
         bar = tqdm(range(n_steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
                    disable=not progress, leave=False)
         for step in bar:
+            # sorted rows: a batch reads the memory-mapped features front to back
             batch = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
             x = torch.from_numpy(self.data.features[batch])  # (B, T, F)
             if self.device.type == "cuda":  # pinned host memory: an asynchronous copy
                 x = x.pin_memory().to(self.device, non_blocking=True)
             y = labels[batch].to(self.device)
-            total += self.step(x, y, g, state).float()
-        return float(total) / n_steps
+            loss, terms = self.step(x, y, g, state)
+            for name, value in {"loss": loss, **terms}.items():
+                totals[name] = totals.get(name, torch.zeros((), device=self.device)) \
+                    + value.float()
+        return {name: float(total) / n_steps for name, total in totals.items()}
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities (n, n_classes) of the given rows (each rank predicts its share
@@ -245,26 +199,13 @@ class Run:
         return self.dist.gather_array(probs, len(rows))
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "projector": self.projector.state_dict() if self.projector else None}
+        return {"model": self.model.state_dict(), "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.projector is not None:
-            self.projector.load_state_dict(state["projector"])
-
-
-class _StepLoss(nn.Module):
-    """`Run.loss` as a module over the run's modules, so DistributedDataParallel wraps it."""
-
-    def __init__(self, run: Run) -> None:
-        super().__init__()
-        self.model, self.projector = run.model, run.projector
-        self.run = run
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return self.run.loss(x, y, g)
 
 
 @torch.inference_mode()
@@ -282,6 +223,41 @@ def predict_proba(model: AST, features: np.ndarray, rows: np.ndarray, batch_size
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.n_classes), np.float32)
 
 
+@dataclass
+class Record:
+    """What a run has recorded: one entry per epoch, and each protocol's chosen epoch (with
+    its full test scores); saved in ``last.pt`` so that a resumed run continues it."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def choose(self, entry: dict[str, Any], test: dict[str, Any]) -> list[str]:
+        """Add an epoch's entry; return the protocols that now pick it."""
+        self.history.append(entry)
+        best_test = self.best.get("best_test", {}).get("test_score", -1.0)
+        wins = {"last": True,
+                "best_test": test["se"] > MIN_SE_BEST_TEST and test["score"] > best_test}
+        if "val_score" in entry:
+            wins["val"] = entry["val_score"] > self.best.get("val", {}).get("val_score", -1.0)
+        chosen = [protocol for protocol, won in wins.items() if won]
+        for protocol in chosen:
+            self.best[protocol] = {**entry, "test": test}
+        return chosen
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Each recorded protocol's epoch and test scores, in `PROTOCOLS` order."""
+        out = {}
+        for protocol in (p for p in PROTOCOLS if p in self.best):
+            chosen = self.best[protocol]
+            test = chosen["test"]
+            out[protocol] = {
+                "epoch": chosen["epoch"], "sp": test["sp"], "se": test["se"],
+                "score": test["score"], "per_class_recall": test["per_class_recall"],
+                "confusion": test["confusion"],
+                **({"val_score": chosen["val_score"]} if "val_score" in chosen else {})}
+        return out
+
+
 def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train (or resume) one run into `out_dir`; returns its summary (also ``summary.json``).
@@ -294,60 +270,36 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     job, device = distributed.init_from_env(resolve_device(cfg.train.device))
-    main, progress = job.is_main, progress and job.is_main
+    writes, progress = job.is_main, progress and job.is_main
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
     run = Run(cfg, data, device)
-    test_rows, val_rows = data.rows("test"), data.rows("val")
-    history: list[dict[str, Any]] = []
-    best: dict[str, dict[str, Any]] = {}
-    start = 1
-    checkpoint = out / "last.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        if saved["config"] != to_dict(cfg):
-            raise ValueError(f"{checkpoint} belongs to another configuration: use another "
-                             "output folder or delete it")
-        run.load_state(saved["state"])
-        history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
-    if main:
+    # An interrupted run goes on from its last finished epoch: every later epoch's draws come
+    # from the seed and the epoch number alone, so it ends as if it had never stopped.
+    record, start = _resume(run, out / "last.pt", device)
+    if writes:
         write_json_atomic(out / "config.json", to_dict(cfg))
     started = time.perf_counter()
+    test_rows, val_rows = data.rows("test"), data.rows("val")
     labels = data.cycles["label"].to_numpy()
     for epoch in range(start, cfg.train.epochs + 1):
-        loss = run.train_epoch(epoch, progress)
+        losses = run.train_epoch(epoch, progress)
         probs = run.predict(test_rows)
         test = icbhi_scores(labels[test_rows], probs.argmax(1))
-        record = {"epoch": epoch, "train_loss": loss,
-                  "lr": cosine_lr(epoch, cfg.train.epochs, cfg.train.lr, cfg.train.min_lr),
-                  "test_sp": test["sp"], "test_se": test["se"], "test_score": test["score"]}
+        entry = {"epoch": epoch, "train_loss": losses.pop("loss"),
+                 **{f"loss_{name}": value for name, value in losses.items()},
+                 "lr": cosine_lr(epoch, cfg.train.epochs, cfg.train.lr, cfg.train.min_lr),
+                 "test_sp": test["sp"], "test_se": test["se"], "test_score": test["score"]}
         if len(val_rows):
             val = icbhi_scores(labels[val_rows], run.predict(val_rows).argmax(1))
-            record.update(val_sp=val["sp"], val_se=val["se"], val_score=val["score"])
-        history.append(record)
-        candidates = {"last": True,
-                      "best_test": test["se"] > 5 and test["score"] > best.get(
-                          "best_test", {}).get("test_score", -1.0)}
-        if len(val_rows):
-            candidates["val"] = record["val_score"] > best.get("val", {}).get("val_score", -1.0)
-        for protocol, chosen in candidates.items():
-            if chosen:
-                best[protocol] = {**record, "test": test}
-                if not main:
-                    continue
-                _write_predictions(out / f"predictions-{protocol}.csv", data, test_rows, probs)
-                if protocol != "last":
-                    _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
-                                  "epoch": epoch}, out / f"best-{protocol}.pt")
-        if main:
-            write_text_atomic(out / "metrics.jsonl",
-                              "".join(json.dumps(r) + "\n" for r in history))
-            _atomic_save({"state": run.state(), "history": history, "best": best,
-                          "epoch": epoch, "config": to_dict(cfg)}, checkpoint)
+            entry.update(val_sp=val["sp"], val_se=val["se"], val_score=val["score"])
+        chosen = record.choose(entry, test)
+        if writes:
+            _write_epoch(out, run, record, chosen, test_rows, probs)
         if progress:
-            tqdm.write(f"epoch {epoch:>3}  loss {loss:.4f}  test Sp {test['sp']:.1f} "
-                       f"Se {test['se']:.1f} Score {test['score']:.1f}"
-                       + (f"  val Score {record['val_score']:.1f}" if len(val_rows) else ""))
+            tqdm.write(f"epoch {epoch:>3}  loss {entry['train_loss']:.4f}  test Sp "
+                       f"{test['sp']:.1f} Se {test['se']:.1f} Score {test['score']:.1f}"
+                       + (f"  val Score {entry['val_score']:.1f}" if len(val_rows) else ""))
         if stop_after_epoch is not None and epoch == stop_after_epoch < cfg.train.epochs:
             job.barrier()  # rank 0's files are written when any rank returns
             return {"finished": False, "epoch": epoch}
@@ -357,22 +309,46 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         "data": data.root, "synthetic": data.synthetic, "weights": run.model.weights,
         "device": str(device), "epochs": cfg.train.epochs,
         **({"processes": job.world_size} if job.enabled else {}),
-        "protocols": {p: _protocol_summary(best[p]) for p in PROTOCOLS if p in best},
+        "protocols": record.summary(),
         "seconds_this_session": round(time.perf_counter() - started, 1),
     }
-    if main:
+    if writes:
         write_json_atomic(out / "summary.json", summary)
-        _atomic_save({"model": run.model.state_dict(), "config": to_dict(cfg),
-                      "epoch": cfg.train.epochs}, out / "final.pt")
+        _atomic_save(_weights(run, cfg.train.epochs), out / "final.pt")
     job.barrier()
     return summary
 
 
-def _protocol_summary(entry: dict[str, Any]) -> dict[str, Any]:
-    test = entry["test"]
-    return {"epoch": entry["epoch"], "sp": test["sp"], "se": test["se"], "score": test["score"],
-            "per_class_recall": test["per_class_recall"], "confusion": test["confusion"],
-            **({"val_score": entry["val_score"]} if "val_score" in entry else {})}
+def _resume(run: Run, checkpoint: Path, device: torch.device) -> tuple[Record, int]:
+    """The record so far and the first epoch to train: from `checkpoint` if it exists."""
+    if not checkpoint.is_file():
+        return Record(), 1
+    saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    if saved["config"] != to_dict(run.cfg):
+        raise ValueError(f"{checkpoint} belongs to another configuration: use another "
+                         "output folder or delete it")
+    run.load_state(saved["state"])
+    return Record(saved["history"], saved["best"]), saved["epoch"] + 1
+
+
+def _write_epoch(out: Path, run: Run, record: Record, chosen: list[str],
+                 test_rows: np.ndarray, probs: np.ndarray) -> None:
+    """An epoch's files: the predictions (and weights) of every protocol that picks it, the
+    history, and ``last.pt`` — written last, so it never runs ahead of the others."""
+    epoch = record.history[-1]["epoch"]
+    for protocol in chosen:
+        _write_predictions(out / f"predictions-{protocol}.csv", run.data, test_rows, probs)
+        if protocol != "last":  # the last epoch's weights are final.pt
+            _atomic_save(_weights(run, epoch), out / f"best-{protocol}.pt")
+    write_text_atomic(out / "metrics.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in record.history))
+    _atomic_save({"state": run.state(), "history": record.history, "best": record.best,
+                  "epoch": epoch, "config": to_dict(run.cfg)}, out / "last.pt")
+
+
+def _weights(run: Run, epoch: int) -> dict[str, Any]:
+    """What `patchmix.experiment.load_trained` reads: the model, its config, the epoch."""
+    return {"model": run.model.state_dict(), "config": to_dict(run.cfg), "epoch": epoch}
 
 
 def _write_predictions(path: Path, data: Data, rows: np.ndarray, probs: np.ndarray) -> None:
