@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from patchmix.notebooks import execute
@@ -113,6 +114,10 @@ def test_committed_notebook_is_clean_and_parametrised(name: str) -> None:
     assert "PROFILE = " in code[0].source and "DATA_ROOT = " in code[0].source
     for cell in code:
         assert cell.outputs == [] and cell.execution_count is None
+    # papermill sees every parameter (it skips a line it cannot parse, e.g. with two "=")
+    assigned = [line.split("=")[0].strip() for line in code[0].source.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert list(papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))) == assigned
 
 
 def test_committed_outputs_follow_the_naming_rule() -> None:
