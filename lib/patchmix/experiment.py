@@ -39,7 +39,7 @@ from patchmix.config import (
 from patchmix.datasets import CLASSES, Data, load_data
 from patchmix.methods import Method, baseline_methods, method_names, method_with_role
 from patchmix.metrics import icbhi_scores_2class_from_4
-from patchmix.model import AST
+from patchmix.model import AST, build_model
 from patchmix.train import fit
 
 RUNS_ENV = "PATCHMIX_RUNS"
@@ -258,7 +258,9 @@ def load_trained(path: str | os.PathLike) -> tuple[AST, ExperimentConfig]:
     if not isinstance(saved, dict) or "model" not in saved or "config" not in saved:
         raise ValueError(f"{path}: not a patchmix run checkpoint (final.pt or best-*.pt)")
     cfg = config_from_dict(saved["config"])
-    model = AST(cfg.model)
+    # the configured backbone, randomly initialised: the checkpoint fills every weight, so no
+    # pretrained file is needed to read it back
+    model = build_model(dataclasses.replace(cfg.model, weights="none"))
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as err:
