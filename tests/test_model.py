@@ -334,7 +334,7 @@ def test_imagenet_download_failure_is_a_clear_error(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(RuntimeError, match="no network: pass a local DeiT checkpoint file"):
+    with pytest.raises(ValueError, match="no network: pass a local DeiT checkpoint file"):
         load_imagenet_checkpoint(AST(TINY), None)
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -21,15 +24,86 @@ import torch
 import torchaudio.transforms as T
 
 from patchmix.config import FeatureConfig
+from patchmix.datasets import DataError
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What the reader needs of a WAV header."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str  # soundfile's name, e.g. "PCM_16", "PCM_24", "FLOAT"
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def bits(self) -> str:
+        """Bit depth as a label: "16", "24", "32", "8" or "float"/"double"."""
+        if self.subtype.startswith("PCM_"):
+            return self.subtype[4:]
+        if self.subtype == "PCM_U8":
+            return "8"
+        return self.subtype.lower()
+
+
+def wav_info(path: str | os.PathLike) -> WavInfo:
+    """Header facts of an audio file; a clear `DataError` for unreadable or truncated files."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{path}: unreadable audio file ({_short(err)})") from None
+    declared, available = _riff_data_sizes(path)
+    if declared is not None and available is not None and available < declared:
+        raise DataError(
+            f"{path}: truncated WAV: the header declares {declared} bytes of audio, "
+            f"the file holds {available}"
+        )
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise DataError(f"{path}: the WAV holds no audio")
+    return WavInfo(info.samplerate, info.channels, info.frames, info.subtype)
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+
+
+def _riff_data_sizes(path: Path) -> tuple[int | None, int | None]:
+    """(declared, available) bytes of a RIFF WAV's data chunk; (None, None) if not plain RIFF."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None, None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if chunk_size == 0xFFFFFFFF:  # streamed WAV with no size
+                    return None, None
+                return chunk_size, size - pos - 8
+            pos += 8 + chunk_size + (chunk_size & 1)
+    return None, None
 
 
 def load_wav(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """A recording as a float32 mono waveform in [-1, 1) and its sample rate.
 
     PCM is scaled by 2^(bits-1) as torchaudio does; float WAVs are read as they are; several
-    channels are averaged.
+    channels are averaged. The file is checked first (`wav_info`: unreadable, truncated or
+    empty is a `DataError` naming it), and so are its samples: NaN or infinity, which only a
+    float WAV can hold, is a `DataError` too, never a silent NaN feature.
     """
+    wav_info(path)
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise DataError(f"{path}: {bad} audio samples are not finite numbers (NaN or infinity)")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)), int(rate)
 

@@ -1,13 +1,17 @@
 """The ``patchmix`` command line.
 
 Exit status: 0 on success, 2 on bad input with one line on stderr naming the file and the
-problem (never a traceback), 1 when ``data check --strict`` finds skipped input.
+problem (never a traceback), 1 when ``data check --strict`` finds skipped input, 130 when
+interrupted (Ctrl-C), 143 when terminated (SIGTERM, as SLURM and ``docker stop`` send); both
+leave no half-written file behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +24,14 @@ from patchmix import __version__
 
 class _OneLineError(Exception):
     """Bad input or usage: reported as one line, exit status 2."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that every ``finally`` cleans up."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a trained checkpoint on the test split")
     evaluate.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
-    evaluate.add_argument("--data", help="data root (default: the one the run used)")
+    evaluate.add_argument("--data", help="data folder (default: the run's data.root if it "
+                                         "named one, else $ICBHI_ROOT, else data/synthetic)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 
     predict = commands.add_parser("predict", help="class probabilities of each cycle of a WAV")
@@ -93,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from patchmix.datasets import DataError
 
     parser = build_parser()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parser.parse_args(argv)
         if args.command == "data" and args.data_command == "check":
@@ -109,13 +123,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         parser.print_help()
         return 0 if args.command is None else 2
+    except BrokenPipeError:  # the reader of the output left early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (_OneLineError, DataError, ValueError, OSError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, OSError) and err.strerror:  # "file: problem", not "[Errno 2] …"
+            text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+        else:
+            text = str(err)
+        message = " ".join(text.split()) or type(err).__name__
         print(f"patchmix: error: {message}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("patchmix: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("patchmix: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -210,11 +236,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from patchmix.audio import recording_cycles
+    from patchmix.audio import recording_cycles, wav_info
     from patchmix.datasets import CLASSES
     from patchmix.experiment import load_trained
     from patchmix.features import fbank
-    from patchmix.icbhi import read_annotation, wav_info
+    from patchmix.icbhi import read_annotation
     from patchmix.train import predict_proba
 
     model, cfg = load_trained(args.checkpoint)

@@ -18,9 +18,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 PadMode = Literal["repeat", "zero"]
 PosEmbedRule = Literal["ast", "official"]
@@ -33,6 +34,7 @@ Negatives = Literal["all", "diff_label"]
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
 
+PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 POS_EMBED_RULES: tuple[str, ...] = typing.get_args(PosEmbedRule)
 GATES: tuple[str, ...] = typing.get_args(Gate)
 MIX_MODES: tuple[str, ...] = typing.get_args(MixMode)
@@ -44,6 +46,36 @@ AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric field may take: [low, high], either end open or absent."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return ((self.low is None or value > self.low or (value == self.low
+                                                          and not self.open_low))
+                and (self.high is None or value < self.high or (value == self.high
+                                                                and not self.open_high)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low}"
+        return (f"in {'(' if self.open_low else '['}{self.low}, {self.high}"
+                f"{')' if self.open_high else ']'}")
+
+
+POSITIVE = _Range(0, open_low=True)
+NON_NEGATIVE = _Range(0)
+AT_LEAST_1 = _Range(1)
+AT_LEAST_2 = _Range(2)
+UNIT = _Range(0, 1, open_high=True)  # [0, 1)
+SEED_RANGE = _Range(0, 2**32 - 1)  # what torch and numpy take, with room for per-epoch seeds
+
+
 @functools.cache
 def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     """The options of each ``Literal``-typed field of a config class."""
@@ -51,14 +83,23 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
             if typing.get_origin(hint) is Literal}
 
 
-def _check_choices(cfg: Any) -> None:
-    """A ValueError naming the field unless every ``Literal``-typed field holds one of its
-    options: one check for every option list of every config class."""
+def _check(cfg: Any) -> None:
+    """A ValueError naming the field unless every field of `cfg` holds a valid value: one of
+    its options (``Literal`` fields), a finite number (floats), within the class's `_RANGES`.
+    One check for every field of every config class."""
     for name, options in _choices(type(cfg)).items():
         value = getattr(cfg, name)
         if value not in options:
             raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, "
                              f"not {value!r}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, not {value!r}")
+    for name, allowed in getattr(cfg, "_RANGES", {}).items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"{name} must be {allowed}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -79,12 +120,19 @@ class FeatureConfig:
     norm_mean: float = AUDIOSET_MEAN
     norm_std: float = AUDIOSET_STD
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "sample_rate": POSITIVE, "fade_samples": NON_NEGATIVE, "cycle_seconds": POSITIVE,
+        "n_mels": POSITIVE, "frame_shift_ms": POSITIVE, "frame_length_ms": POSITIVE,
+        "norm_std": POSITIVE}
+
     def __post_init__(self) -> None:
-        _check_choices(self)
-        if self.sample_rate <= 0 or self.cycle_seconds <= 0 or self.n_mels <= 0:
-            raise ValueError("sample_rate, cycle_seconds and n_mels must be positive")
-        if self.fade_samples < 0:
-            raise ValueError("fade_samples must be >= 0")
+        _check(self)
+        if self.frame_length_ms > 1000 * self.cycle_seconds:
+            raise ValueError(f"frame_length_ms {self.frame_length_ms:g} is longer than a "
+                             f"cycle ({self.cycle_seconds:g} s)")
+        if int(self.sample_rate * self.frame_shift_ms / 1000) < 1:
+            raise ValueError(f"frame_shift_ms {self.frame_shift_ms:g} is shorter than one "
+                             f"sample at {self.sample_rate} Hz")
 
     @property
     def cycle_samples(self) -> int:
@@ -146,8 +194,13 @@ class ModelConfig:
     # memory). bench/README.md has the measured time and memory of each.
     activations: Activations = "lean"
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "embed_dim": AT_LEAST_1, "depth": AT_LEAST_1, "num_heads": AT_LEAST_1,
+        "mlp_ratio": POSITIVE, "patch_size": AT_LEAST_1, "stride": AT_LEAST_1,
+        "n_mels": AT_LEAST_1, "n_frames": AT_LEAST_1, "n_classes": AT_LEAST_2}
+
     def __post_init__(self) -> None:
-        _check_choices(self)
+        _check(self)
         from patchmix.model import backbone_names  # noqa: PLC0415 - the registry imports torch
 
         if self.backbone not in backbone_names():
@@ -186,15 +239,16 @@ class MethodConfig:
     target_type: TargetType = "grad_block"  # how the contrastive target is made (losses.py)
     negatives: Negatives = "all"  # which clean samples the contrastive softmax contrasts
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "mix_beta": POSITIVE, "temperature": POSITIVE, "alpha": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
-        _check_choices(self)
+        _check(self)
         from patchmix.methods import method_names  # noqa: PLC0415 - the registry imports torch
 
         if self.name not in method_names():
             raise ValueError(f"unknown method {self.name!r}; choose from "
                              f"{', '.join(method_names())}")
-        if self.mix_beta <= 0 or self.temperature <= 0 or self.alpha < 0:
-            raise ValueError("mix_beta and temperature must be positive, alpha >= 0")
 
 
 @dataclass(frozen=True)
@@ -206,9 +260,10 @@ class DataConfig:
     val_seed: int = 0
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
+    _RANGES: ClassVar[dict[str, _Range]] = {"val_fraction": UNIT, "val_seed": SEED_RANGE}
+
     def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        _check(self)
 
 
 @dataclass(frozen=True)
@@ -230,27 +285,37 @@ class TrainConfig:
     # until it is shown to help on the device at hand (bench/README.md)
     compile: bool = False
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "epochs": AT_LEAST_1, "batch_size": AT_LEAST_2, "eval_batch_size": AT_LEAST_1,
+        "lr": POSITIVE, "min_lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "ma_beta": UNIT,
+        "max_steps_per_epoch": NON_NEGATIVE, "threads": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
-        _check_choices(self)
-        if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
-            raise ValueError("epochs >= 1, batch_size >= 2 and eval_batch_size >= 1 are needed")
-        if not 0.0 <= self.ma_beta < 1.0:
-            raise ValueError(f"ma_beta must be in [0, 1), not {self.ma_beta}")
+        _check(self)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the cosine "
+                             "schedule would raise the learning rate")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that decides a training run; its hash names the run's cache folder."""
 
-    profile: str = "paper"
+    profile: str = "paper"  # the profile it was made from (`profile`), never overridden
     seed: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    _RANGES: ClassVar[dict[str, _Range]] = {"seed": SEED_RANGE}
 
-PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, "
+                             f"not {self.profile!r}")
+
 
 
 def profile(name: str) -> ExperimentConfig:
@@ -424,6 +489,9 @@ def _replace(cfg: Any, items: dict[str, Any], convert: Any) -> Any:
     tree: dict[str, Any] = {}
     for key, raw in items.items():
         *parents, leaf = _resolve_key(cfg, key)
+        if (*parents, leaf) == ("profile",):
+            raise ValueError("profile names the profile a configuration was made from: choose "
+                             "another profile (--profile, PROFILE), do not override it")
         node = tree
         for name in parents:
             node = node.setdefault(name, {})

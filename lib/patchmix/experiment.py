@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from patchmix import distributed
 from patchmix.config import (
     ExperimentConfig,
     config_from_dict,
@@ -40,7 +40,7 @@ from patchmix.datasets import CLASSES, Data, load_data
 from patchmix.methods import Method, baseline_methods, method_names, method_with_role
 from patchmix.metrics import icbhi_scores_2class_from_4
 from patchmix.model import AST, build_model
-from patchmix.train import fit
+from patchmix.train import finished, fit, read_checkpoint
 
 RUNS_ENV = "PATCHMIX_RUNS"
 
@@ -50,9 +50,14 @@ def runs_dir() -> Path:
     return Path(os.environ.get(RUNS_ENV) or "runs")
 
 
-def run_key(cfg: ExperimentConfig, data: Data) -> str:
-    """The run's cache name: hash of the configuration and of the data's identity."""
-    return config_hash({"config": to_dict(cfg), "data": data.identity()})
+def run_key(cfg: ExperimentConfig, data: Data, processes: int = 1) -> str:
+    """The run's cache name: hash of the configuration, of the data's identity and, for a run
+    over several processes (``torchrun``), of their number — its numbers differ from one
+    process's in the last bits, so it is a different run."""
+    key: dict[str, Any] = {"config": to_dict(cfg), "data": data.identity()}
+    if processes > 1:
+        key["processes"] = processes
+    return config_hash(key)
 
 
 # --- the run plan --------------------------------------------------------------------------
@@ -191,12 +196,11 @@ def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathL
     """
     data = data if data is not None else load_data(cfg.data, progress=progress)
     out = Path(root) if root is not None else runs_dir()
-    out = out / run_key(cfg, data)
-    summary_path = out / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    out = out / run_key(cfg, data, distributed.env_world_size())
+    summary = finished(out)
+    if summary is not None:
         return {**summary, "run_dir": str(out), "cached": True}
-    summary = fit(cfg, data, out, progress=progress)
+    summary = fit(cfg, data, out, progress=progress)  # trains, resumes or repairs
     return {**summary, "run_dir": str(out), "cached": False}
 
 
@@ -248,15 +252,7 @@ def load_trained(path: str | os.PathLike) -> tuple[AST, ExperimentConfig]:
     Raises ValueError (naming the file) for a file that is not such a checkpoint, or whose
     weights do not fit the geometry its configuration describes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, foreign or not a torch file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(saved, dict) or "model" not in saved or "config" not in saved:
-        raise ValueError(f"{path}: not a patchmix run checkpoint (final.pt or best-*.pt)")
+    saved = read_checkpoint(path, ("model", "config"), "run checkpoint (final.pt or best-*.pt)")
     cfg = config_from_dict(saved["config"])
     # the configured backbone, randomly initialised: the checkpoint fills every weight, so no
     # pretrained file is needed to read it back

@@ -4,13 +4,21 @@
 them for a whole cycle table once, in parallel worker processes, and keeps them in a
 memory-mapped ``.npy`` file keyed by the preprocessing config and the identity (name, size,
 mtime) of every source WAV, so that a second call opens the file without touching any audio.
+
+The cache is checked on every open against the CRC-32 written beside it (``.json``): a damaged
+or altered file is rebuilt, never used. Its space is reserved on disk before it is filled, worker
+processes die with their parent, and temporaries of killed runs are removed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import signal
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -22,15 +30,23 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from tqdm import tqdm
 
-from patchmix.atomic import atomic_path, write_json_atomic
+from patchmix.atomic import (
+    atomic_path,
+    clean_temporaries,
+    ensure_space,
+    reserve,
+    write_json_atomic,
+)
 from patchmix.audio import recording_cycles
 from patchmix.config import FeatureConfig, config_hash, to_dict
+from patchmix.datasets import DataError
 
 CACHE_ENV = "PATCHMIX_CACHE"
 # fork starts workers in milliseconds and needs no `if __name__ == "__main__"` guard in the
 # caller's script; workers run single-threaded torch, as DataLoader workers do. Spawn elsewhere.
 _START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 CACHE_VERSION = 1  # bump when the cached computation changes in a way the config does not show
+_CHUNK = 1 << 24  # bytes per step of the checksum
 
 
 def fbank(waveforms: torch.Tensor, cfg: FeatureConfig | None = None) -> torch.Tensor:
@@ -64,9 +80,13 @@ def fbank(waveforms: torch.Tensor, cfg: FeatureConfig | None = None) -> torch.Te
 
 
 def default_cache_dir() -> Path:
-    """``$PATCHMIX_CACHE`` if set, else ``~/.cache/patchmix``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "patchmix"
+    """``$PATCHMIX_CACHE`` if set, else ``$XDG_CACHE_HOME/patchmix``, else
+    ``~/.cache/patchmix``; a ValueError when none of them can be had (``HOME`` empty)."""
+    for env, below in ((CACHE_ENV, ()), ("XDG_CACHE_HOME", ("patchmix",)),
+                       ("HOME", (".cache", "patchmix"))):
+        if os.environ.get(env):
+            return Path(os.environ[env], *below)
+    raise ValueError(f"no folder for the feature cache: HOME is empty; set {CACHE_ENV}")
 
 
 def cache_key(cycles: pd.DataFrame, cfg: FeatureConfig) -> str:
@@ -112,11 +132,16 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
         return cached
 
     cache.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(cache)  # of killed runs only: another live process may be filling one
     groups = _recording_groups(cycles)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(groups))
+    nbytes = int(np.prod(shape)) * 4
+    ensure_space(cache, nbytes + 2**20, f"the features of {len(cycles)} cycles")
     started = time.perf_counter()
     with atomic_path(final) as partial:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape).flush()
+        # on disk now, so that no write into the memory map can find the disk full (SIGBUS)
+        reserve(partial, partial.stat().st_size, f"the features of {len(cycles)} cycles")
         with tqdm(total=len(cycles), desc="features", unit="cycle",
                   disable=not progress) as bar:
             if n_workers <= 1:
@@ -124,14 +149,14 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
                     bar.update(_fill(str(partial), *job, cfg))
             else:
                 ctx = get_context(_START_METHOD)
-                with ProcessPoolExecutor(n_workers, mp_context=ctx,
-                                         initializer=torch.set_num_threads,
-                                         initargs=(1,)) as pool:
+                with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
+                                         initargs=(os.getpid(),)) as pool:
                     futures = [pool.submit(_fill, str(partial), *job, cfg) for job in groups]
                     for future in as_completed(futures):
                         bar.update(future.result())
         _fsync(partial)
         meta = {"key": key, "shape": list(shape), "features": to_dict(cfg),
+                "crc32": _checksum(np.load(partial, mmap_mode="r")),
                 "recordings": len(groups), "seconds": round(time.perf_counter() - started, 3)}
         write_json_atomic(final.with_suffix(".json"), meta)
     result = _open_cached(final, shape)
@@ -140,17 +165,46 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
 
 
 def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached array if it exists with the expected shape; a damaged file is removed."""
+    """The cached array if it is there, whole and unchanged; None (after removing it) for a
+    missing, malformed or altered file. Other errors (e.g. out of memory) are raised: a valid
+    cache is never removed because of them."""
     if not path.is_file():
         return None
     try:
         array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError):
+    except (ValueError, EOFError):  # not an .npy file, or cut short
         array = None
-    if array is None or array.shape != shape or array.dtype != np.float32:
+    meta = path.with_suffix(".json")
+    try:
+        expected = json.loads(meta.read_text()).get("crc32") if meta.is_file() else None
+    except ValueError:  # a damaged meta file: the cache cannot be vouched for
+        expected = None
+    if (array is None or array.shape != shape or array.dtype != np.float32
+            or expected is None or _checksum(array) != expected):
         path.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
         return None
     return array
+
+
+def _checksum(array: np.ndarray) -> int:
+    """CRC-32 of the array's bytes (about 2 GB/s: a full read, once per open)."""
+    view = memoryview(np.ascontiguousarray(array)).cast("B")
+    crc = 0
+    for start in range(0, len(view), _CHUNK):
+        crc = zlib.crc32(view[start:start + _CHUNK], crc)
+    return crc
+
+
+def _worker_init(parent: int) -> None:
+    """A feature worker: single-threaded torch (as DataLoader workers), and dies with its
+    parent, however the parent ends (Linux: the kernel sends SIGKILL when it goes)."""
+    torch.set_num_threads(1)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _recording_groups(cycles: pd.DataFrame) -> list[tuple[str, list[int], list[float],
@@ -168,6 +222,9 @@ def _fill(array_path: str, wav_path: str, rows: Sequence[int], starts: Sequence[
           ends: Sequence[float], cfg: FeatureConfig) -> int:
     """Compute one recording's cycles and write them into their rows of the array."""
     feats = fbank(recording_cycles(wav_path, starts, ends, cfg), cfg)  # (k, frames, mels)
+    if not torch.isfinite(feats).all():
+        raise DataError(f"{wav_path}: its features are not finite numbers (check "
+                        "data.features: norm_std, frame settings)")
     array = np.load(array_path, mmap_mode="r+")
     array[np.asarray(rows)] = feats.numpy()
     array.flush()

@@ -22,13 +22,15 @@ WAV shorter than its header says        error (names the file and both sizes)
 annotation line that does not parse     error (file and line number)
 cycle with end <= start                 skipped, reported with file and line
 cycle starting at/after the recording   skipped, reported with file and line
+cycle shorter than one sample at 16 kHz skipped, reported with file and line (nothing to cut)
 cycle ending after the recording        kept: the cut is clamped (PAPER.md §3), counted
 recording with no annotation file       skipped, reported
 annotation file with no recording       skipped, reported
 recording absent from the split file    skipped, reported
 recording under its old device name     mapped to the split file's name, counted as renamed
 stereo WAV                              handled: channels averaged, reported
-float WAV                               handled: read as is (bit depth "float")
+float WAV                               handled: read as is (bit depth "float"); NaN or
+                                        infinite samples are an error when features are made
 ======================================  =================================================
 """
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import struct
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,8 +46,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
+from patchmix.audio import wav_info
+from patchmix.config import FeatureConfig
 from patchmix.datasets import DataError, DataSet, register_dataset, summarize_cycles
 
 SPLIT_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_train_test.txt", "official_split.txt")
@@ -80,29 +82,6 @@ class Problem:
     file: str  # path relative to the data root
     detail: str  # a human sentence, with the line number where there is one
     action: str  # "skipped" or "handled"
-
-
-@dataclass(frozen=True)
-class WavInfo:
-    """What the reader needs of a WAV header."""
-
-    sample_rate: int
-    channels: int
-    frames: int
-    subtype: str  # soundfile's name, e.g. "PCM_16", "PCM_24", "FLOAT"
-
-    @property
-    def duration(self) -> float:
-        return self.frames / self.sample_rate
-
-    @property
-    def bits(self) -> str:
-        """Bit depth as a label: "16", "24", "32", "8" or "float"/"double"."""
-        if self.subtype.startswith("PCM_"):
-            return self.subtype[4:]
-        if self.subtype == "PCM_U8":
-            return "8"
-        return self.subtype.lower()
 
 
 # ----------------------------------------------------------------------------- file discovery
@@ -212,47 +191,6 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 # ----------------------------------------------------------------------------- WAVs and cycles
 
 
-def wav_info(path: str | os.PathLike) -> WavInfo:
-    """Header facts of an audio file; a clear `DataError` for unreadable or truncated files."""
-    path = Path(path)
-    try:
-        info = sf.info(str(path))
-    except (RuntimeError, sf.LibsndfileError) as err:
-        raise DataError(f"{path}: unreadable audio file ({_short(err)})") from None
-    declared, available = _riff_data_sizes(path)
-    if declared is not None and available is not None and available < declared:
-        raise DataError(
-            f"{path}: truncated WAV: the header declares {declared} bytes of audio, "
-            f"the file holds {available}"
-        )
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise DataError(f"{path}: the WAV holds no audio")
-    return WavInfo(info.samplerate, info.channels, info.frames, info.subtype)
-
-
-def _short(err: Exception) -> str:
-    return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-
-
-def _riff_data_sizes(path: Path) -> tuple[int | None, int | None]:
-    """(declared, available) bytes of a RIFF WAV's data chunk; (None, None) if not plain RIFF."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None, None
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
-            if chunk_id == b"data":
-                if chunk_size == 0xFFFFFFFF:  # streamed WAV with no size
-                    return None, None
-                return chunk_size, size - pos - 8
-            pos += 8 + chunk_size + (chunk_size & 1)
-    return None, None
-
-
 def read_annotation(path: str | os.PathLike) -> list[tuple[int, float, float, int, int]]:
     """Cycles of one annotation file as (line number, start, end, crackle, wheeze)."""
     path = Path(path)
@@ -306,7 +244,7 @@ def read_icbhi(root: str | os.PathLike,
         if split_path is None:
             raise DataError(
                 f"{rec_dir}: no split file ({' or '.join(SPLIT_FILE_NAMES)}) here or in the "
-                "parent folder; pass split_file="
+                "parent folder: it says which recordings are train and which test"
             )
     else:
         split_path = Path(split_file)
@@ -369,6 +307,12 @@ def read_icbhi(root: str | os.PathLike,
                     "cycle_past_end", where,
                     f"cycle starts at {start} s, the recording lasts {info.duration:.3f} s",
                     "skipped"))
+                continue
+            rate = FeatureConfig.sample_rate  # the recipe cuts [int(start·r), int(end·r))
+            if int(min(end, info.duration) * rate) - int(start * rate) < 1:
+                problems.append(Problem(
+                    "cycle_too_short", where,
+                    f"cycle [{start}, {end}) s holds no sample at {rate} Hz", "skipped"))
                 continue
             clamped += end > info.duration
             rows.append({

@@ -368,8 +368,9 @@ def load_imagenet_checkpoint(model: AST, path: str | Path | None, *,
 
             state = timm.create_model(DEIT_NAME, pretrained=True).state_dict()
         except Exception as err:  # offline: the download fails
-            raise RuntimeError(f"could not obtain {DEIT_NAME} weights through timm ({err}); "
-                               "no network: pass a local DeiT checkpoint file") from err
+            raise ValueError(f"could not obtain {DEIT_NAME} weights through timm "
+                             f"({type(err).__name__}); no network: pass a local DeiT checkpoint "
+                             "file (model.imagenet_checkpoint=FILE)") from None
         _load_imagenet_state(model, state, f"timm:{DEIT_NAME}", rule)
         model.weights = f"imagenet:timm:{DEIT_NAME}"
     else:

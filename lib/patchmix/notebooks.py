@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from patchmix import plots
-from patchmix.config import KNOBS, ExperimentConfig, get_value, notebook_config
+from patchmix.config import KNOBS, PROFILES, ExperimentConfig, get_value, notebook_config
 from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
 from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
 from patchmix.report import NOTEBOOKS, Outputs, project_root
@@ -168,14 +168,21 @@ def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
     return timings
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m patchmix.notebooks",
                                      description="Run the notebooks in order with papermill.")
-    parser.add_argument("--profile", default="demo", choices=["smoke", "demo", "paper"])
+    parser.add_argument("--profile", default="demo", choices=PROFILES)
     parser.add_argument("--data", default="", help="ICBHI-layout folder (default: $ICBHI_ROOT, "
                         "else data/synthetic)")
     parser.add_argument("--weights", default="", help="AudioSet checkpoint for --profile paper")
-    parser.add_argument("--seeds", type=int, default=0, help="seeds per method (0: each "
+    parser.add_argument("--seeds", type=_count, default=0, help="seeds per method (0: each "
                         "notebook's default)")
     parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
     parser.add_argument("--no-html", action="store_true")
@@ -191,9 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         timings = run_all(params, names=names, html=not args.no_html)
-    except RuntimeError as err:
+    except RuntimeError as err:  # a notebook failed: its executed copy says where
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. a read-only checkout: out/ cannot be written
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print(f"all notebooks: {sum(timings.values()):.0f} s")
     return 0
 

@@ -73,6 +73,7 @@ import numpy as np
 import soundfile as sf
 from scipy import fft as sp_fft
 
+from patchmix.atomic import LOCK_NAME, exclusive
 from patchmix.datasets import CLASSES
 from patchmix.icbhi import (
     DEMOGRAPHICS_FILE_NAMES,
@@ -180,7 +181,8 @@ def make_synthetic_icbhi(out: str | os.PathLike, n_recordings: int = 100, seed: 
     round differently in the last bit.)
 
     Raises ValueError for ``n_recordings < 1`` or a negative seed, FileExistsError for a folder
-    (or file) that is not a previous synthetic set.
+    (or file) that is not a previous synthetic set, `patchmix.atomic.FolderBusy` while another
+    process writes into the folder.
     """
     started = time.perf_counter()
     if isinstance(n_recordings, bool) or not isinstance(n_recordings, int | np.integer):
@@ -191,8 +193,15 @@ def make_synthetic_icbhi(out: str | os.PathLike, n_recordings: int = 100, seed: 
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     n_recordings, seed = int(n_recordings), int(seed)
     root = Path(out)
-    _prepare_folder(root)
+    _refuse_foreign(root)  # before the lock: a refused folder is left as it was
+    with exclusive(root, "another patchmix synth"):  # two writers would mix their sets
+        return _write(root, n_recordings, seed, progress, started)
 
+
+def _write(root: Path, n_recordings: int, seed: int, progress: bool,
+           started: float) -> SynthSummary:
+    _refuse_foreign(root)
+    _clear(root)
     patients, recordings = _plan(n_recordings, seed)
     rec_dir = root / RECORDINGS_DIR
     rec_dir.mkdir(parents=True)
@@ -206,22 +215,24 @@ def make_synthetic_icbhi(out: str | os.PathLike, n_recordings: int = 100, seed: 
     return summary
 
 
-def _prepare_folder(root: Path) -> None:
-    """Refuse foreign content; clear a previous synthetic set so no stale recording survives."""
+def _refuse_foreign(root: Path) -> None:
+    """Refuse a file, or a non-empty folder that holds no previous synthetic set."""
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root}: exists and is not a folder")
-    if not root.exists() or not any(root.iterdir()):
-        root.mkdir(parents=True, exist_ok=True)
+    if not root.exists() or not any(p.name != LOCK_NAME for p in root.iterdir()):
         return
-    marker = root / MARKER_FILE
     try:
-        generator = json.loads(marker.read_text()).get("generator")
+        generator = json.loads((root / MARKER_FILE).read_text()).get("generator")
     except (OSError, ValueError, AttributeError):
         generator = None
     if generator != GENERATOR:
         raise FileExistsError(
             f"{root}: folder is not empty and holds no synthetic set ({MARKER_FILE} of "
             f"{GENERATOR}); refusing to write into it. Choose an empty or new folder.")
+
+
+def _clear(root: Path) -> None:
+    """Remove a previous synthetic set, so that no stale recording survives."""
     shutil.rmtree(root / RECORDINGS_DIR, ignore_errors=True)
     for name in TOP_FILES:
         (root / name).unlink(missing_ok=True)

@@ -13,9 +13,12 @@ protocols are recorded for every run:
   train (only when ``data.val_fraction > 0``).
 
 Each epoch appends to ``metrics.jsonl`` and atomically rewrites ``last.pt``; an interrupted run
-resumes from it and ends with the same numbers. Randomness comes from the run seed: the model's
-(and the method's) initialisation, then one generator per epoch for the batch order and every
-augmentation.
+resumes from it and ends with the same numbers. ``summary.json`` is written last, after
+``final.pt``: a run is finished exactly when it is there (`finished`), and a run killed before
+it is repaired by the next call. One process at a time writes into a run folder (its lock), and
+a fresh run starts with none of an earlier run's files beside it. Randomness comes from the run
+seed: the model's (and the method's) initialisation, then one generator per epoch for the batch
+order and every augmentation.
 
 Under ``torchrun`` (several processes) the step's modules are wrapped in
 DistributedDataParallel, each step's global batch of ``train.batch_size`` cycles is shared among
@@ -44,7 +47,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from patchmix import distributed
-from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
+from patchmix.atomic import (
+    atomic_path,
+    clean_temporaries,
+    ensure_space,
+    exclusive,
+    write_json_atomic,
+    write_text_atomic,
+)
 from patchmix.augment import spec_augment
 from patchmix.config import ExperimentConfig, to_dict
 from patchmix.datasets import CLASSES, Data
@@ -53,6 +63,9 @@ from patchmix.metrics import icbhi_scores
 from patchmix.model import AST, build_model
 
 PROTOCOLS: tuple[str, ...] = ("best_test", "last", "val")
+# What a run writes into its folder; a fresh run removes whatever of these an earlier one left
+RUN_FILES: tuple[str, ...] = ("config.json", "metrics.jsonl", "predictions-*.csv", "best-*.pt",
+                              "last.pt", "final.pt", "summary.json")
 # The official code lets an epoch be the best only if its Se > 5, so that an epoch calling
 # (almost) every cycle normal — Score ≈ 50 from Sp ≈ 100 alone — is never picked.
 MIN_SE_BEST_TEST = 5.0
@@ -107,12 +120,16 @@ class Run:
 
     def __init__(self, cfg: ExperimentConfig, data: Data, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
+        labels = data.cycles["label"].to_numpy()
+        if len(labels) and not 0 <= labels.min() <= labels.max() < cfg.model.n_classes:
+            raise ValueError(f"model.n_classes is {cfg.model.n_classes}, but the data's labels "
+                             f"run from {labels.min()} to {labels.max()}")
         torch.manual_seed(cfg.seed)  # fixes the initialisation of the model, then the method's
         self.model: AST = build_model(cfg.model).to(device)
         if cfg.train.compile:
             for block in self.model.blocks:  # in place: checkpoints keep their key names
                 block.compile()
-        train_labels = data.cycles["label"].to_numpy()[data.rows("train")]
+        train_labels = labels[data.rows("train")]
         self.method: Method = get_method(cfg.method.name)(cfg, train_labels).to(device)
         self.modules: list[nn.Module] = [self.model, self.method]
         params = [p for m in self.modules for p in m.parameters()]
@@ -260,23 +277,34 @@ class Record:
 
 def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
-    """Train (or resume) one run into `out_dir`; returns its summary (also ``summary.json``).
+    """Train (or resume, or repair) one run into `out_dir`; returns its summary (also
+    ``summary.json``).
 
     `stop_after_epoch` ends the run early, as an interruption would, leaving ``last.pt`` to
     resume from; the returned dict then has ``"finished": False``. Under ``torchrun`` every
     rank calls this with the same arguments (`out_dir` on a file system they share, for
-    resuming); every rank returns the summary, only rank 0 writes and shows progress.
+    resuming); every rank returns the summary, only rank 0 writes and shows progress. Raises
+    `patchmix.atomic.FolderBusy` when another process is writing into `out_dir`.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     job, device = distributed.init_from_env(resolve_device(cfg.train.device))
-    writes, progress = job.is_main, progress and job.is_main
+    with exclusive(out, "another training run") if job.is_main else nullcontext():
+        return _fit(cfg, data, out, job, device, progress and job.is_main, stop_after_epoch)
+
+
+def _fit(cfg: ExperimentConfig, data: Data, out: Path, job: distributed.Dist,
+         device: torch.device, progress: bool, stop_after_epoch: int | None) -> dict[str, Any]:
+    writes = job.is_main
+    if writes:  # what a killed run left half-written: this process holds the folder now
+        clean_temporaries(out, all_of_them=True)
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
     run = Run(cfg, data, device)
     # An interrupted run goes on from its last finished epoch: every later epoch's draws come
     # from the seed and the epoch number alone, so it ends as if it had never stopped.
     record, start = _resume(run, out / "last.pt", device)
+    if writes and start == 1:  # a fresh run: no file of an earlier one may stay beside it
+        _remove_run_files(out)
     if writes:
         write_json_atomic(out / "config.json", to_dict(cfg))
     started = time.perf_counter()
@@ -284,6 +312,10 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
     labels = data.cycles["label"].to_numpy()
     for epoch in range(start, cfg.train.epochs + 1):
         losses = run.train_epoch(epoch, progress)
+        if not math.isfinite(losses["loss"]):  # nothing of a diverged epoch is kept
+            raise ValueError(f"epoch {epoch}: the training loss is {losses['loss']}, not a "
+                             f"finite number: the run diverged (train.lr is {cfg.train.lr:g}); "
+                             "nothing of this epoch was saved")
         probs = run.predict(test_rows)
         test = icbhi_scores(labels[test_rows], probs.argmax(1))
         entry = {"epoch": epoch, "train_loss": losses.pop("loss"),
@@ -313,22 +345,65 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         "seconds_this_session": round(time.perf_counter() - started, 1),
     }
     if writes:
-        write_json_atomic(out / "summary.json", summary)
         _atomic_save(_weights(run, cfg.train.epochs), out / "final.pt")
+        write_json_atomic(out / "summary.json", summary)  # last: the run is finished now
     job.barrier()
     return summary
+
+
+def finished(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The summary of the finished run in `out_dir`, or None if it is not finished.
+
+    A run is finished when its last file, ``summary.json``, is there and readable, with
+    ``final.pt`` beside it; anything less (a kill before the end, a damaged file) is an
+    unfinished run, which `fit` resumes or repairs from ``last.pt``.
+    """
+    out = Path(out_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):  # missing, unreadable or not JSON
+        return None
+    if (not isinstance(summary, dict) or summary.get("finished") is not True
+            or not isinstance(summary.get("protocols"), dict)
+            or not (out / "final.pt").is_file()):
+        return None
+    return summary
+
+
+def read_checkpoint(path: str | os.PathLike, keys: tuple[str, ...], what: str,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint of this project holding `keys`, or a ValueError naming the file (missing,
+    empty, truncated, not a torch file, or another kind of checkpoint than `what`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # truncated, foreign or not a torch file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(saved, dict) or any(k not in saved for k in keys):
+        raise ValueError(f"{path}: not a patchmix {what}")
+    return saved
 
 
 def _resume(run: Run, checkpoint: Path, device: torch.device) -> tuple[Record, int]:
     """The record so far and the first epoch to train: from `checkpoint` if it exists."""
     if not checkpoint.is_file():
         return Record(), 1
-    saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    saved = read_checkpoint(checkpoint, ("state", "history", "best", "epoch", "config"),
+                            "resume checkpoint (last.pt); delete it to start the run again",
+                            device)
     if saved["config"] != to_dict(run.cfg):
         raise ValueError(f"{checkpoint} belongs to another configuration: use another "
-                         "output folder or delete it")
+                         f"output folder, or delete {checkpoint.parent} to train this one there")
     run.load_state(saved["state"])
     return Record(saved["history"], saved["best"]), saved["epoch"] + 1
+
+
+def _remove_run_files(out: Path) -> None:
+    for pattern in RUN_FILES:
+        for path in out.glob(pattern):
+            path.unlink()
 
 
 def _write_epoch(out: Path, run: Run, record: Record, chosen: list[str],
@@ -361,5 +436,24 @@ def _write_predictions(path: Path, data: Data, rows: np.ndarray, probs: np.ndarr
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically, after checking there is room for it: a full disk is one
+    clear error, not torch's (and no temporary is left to keep the disk full)."""
+    needed = _nbytes(obj) + 2**20
+    ensure_space(path.parent, needed, path.name)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except (RuntimeError, OSError):  # the disk may have filled while writing
+            ensure_space(path.parent, needed, path.name)
+            raise
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint object."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
