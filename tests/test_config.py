@@ -79,3 +79,10 @@ def test_the_library_takes_its_defaults_and_options_from_the_config():
     assert "method" in inspect.signature(latent.encode_cycles).parameters
     assert (GATES, MIX_MODES) == (("official", "always"), ("random", "time"))
     assert TARGET_TYPES[0] == m.target_type and NEGATIVES[0] == m.negatives
+
+
+def test_notebook_setup_refuses_a_seed_count_below_one():
+    from patchmix.notebooks import setup
+
+    with pytest.raises(ValueError, match="SEEDS and ABLATION_SEEDS must be at least 1"):
+        setup("02_baselines", seeds=0)  # refused before anything is read or moved

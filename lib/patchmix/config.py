@@ -373,7 +373,8 @@ class Knob:
 
 KNOBS: dict[str, Knob] = {
     "epochs": Knob("train.epochs", "epochs", "training epochs"),
-    "lr": Knob("train.lr", "learning rate", "Adam's learning rate at epoch 0 (cosine decay)"),
+    "lr": Knob("train.lr", "learning rate",
+               "Adam's learning rate, the top of the per-epoch cosine schedule"),
     "ma_beta": Knob("train.ma_beta", "ma β",
                     "weight averaging after each step, w ← β·w_old + (1−β)·w_new; 0 disables"),
     "temperature": Knob("method.temperature", "temperature τ",

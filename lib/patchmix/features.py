@@ -159,9 +159,7 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
                 "crc32": _checksum(np.load(partial, mmap_mode="r")),
                 "recordings": len(groups), "seconds": round(time.perf_counter() - started, 3)}
         write_json_atomic(final.with_suffix(".json"), meta)
-    result = _open_cached(final, shape)
-    assert result is not None, f"{final} was written but cannot be read back"
-    return result
+    return np.load(final, mmap_mode="r")  # just written and checked: no second checksum
 
 
 def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -65,7 +65,7 @@ class Notebook:
         seeds = {"seeds": self.seeds, "ablation_seeds": self.ablation_seeds}
         return run_table(self.plan(*groups), seeds, data=self.data)
 
-    @property
+    @functools.cached_property
     def labels(self) -> dict[str, str]:
         """How figures and tables name the runs this notebook plans (name → label)."""
         return {p.name: p.label for p in self.plan()}
@@ -91,6 +91,9 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     """
     if name not in NOTEBOOKS:
         raise ValueError(f"unknown notebook {name!r}; one of {', '.join(NOTEBOOKS)}")
+    if min(seeds, ablation_seeds) < 1:
+        raise ValueError(f"SEEDS and ABLATION_SEEDS must be at least 1, not {seeds} and "
+                         f"{ablation_seeds}")
     os.chdir(project_root())
     plots.use_style()
     cfg = notebook_config(profile, data_root=data_root, weights=weights, overrides=overrides,
