@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -148,18 +149,41 @@ def cycle_features(cycles: pd.DataFrame, cfg: FeatureConfig | None = None, *,
                 for job in groups:
                     bar.update(_fill(str(partial), *job, cfg))
             else:
-                ctx = get_context(_START_METHOD)
-                with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(os.getpid(),)) as pool:
-                    futures = [pool.submit(_fill, str(partial), *job, cfg) for job in groups]
-                    for future in as_completed(futures):
-                        bar.update(future.result())
+                _fill_in_workers(partial, groups, cfg, n_workers, bar)
         _fsync(partial)
         meta = {"key": key, "shape": list(shape), "features": to_dict(cfg),
                 "crc32": _checksum(np.load(partial, mmap_mode="r")),
                 "recordings": len(groups), "seconds": round(time.perf_counter() - started, 3)}
         write_json_atomic(final.with_suffix(".json"), meta)
     return np.load(final, mmap_mode="r")  # just written and checked: no second checksum
+
+
+def _fill_in_workers(partial: Path, groups: list[tuple[str, list[int], list[float],
+                                                      list[float]]],
+                     cfg: FeatureConfig, n_workers: int, bar: tqdm) -> None:
+    """`_fill` every recording group in `n_workers` worker processes, updating `bar`."""
+    pool = None
+    try:
+        # the pool forks its workers and starts its thread in the first submit: an interrupt
+        # in the middle of that leaves it unable to shut down, so Ctrl-C and SIGTERM wait
+        # (held, not lost) until every job is queued
+        with _interrupts_deferred():
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context(_START_METHOD),
+                                       initializer=_worker_init, initargs=(os.getpid(),))
+            futures = [pool.submit(_fill, str(partial), *job, cfg) for job in groups]
+        for future in as_completed(futures):
+            bar.update(future.result())
+    except BaseException:
+        # a failed recording, Ctrl-C or SIGTERM: stop now. Waiting for the running jobs (what
+        # `with` does) could take minutes, so the workers are killed (before Python 3.14 only
+        # the pool's own `_processes` lists them)
+        if pool is not None:
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.kill()
+        raise
+    pool.shutdown()
 
 
 def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -194,9 +218,27 @@ def _checksum(array: np.ndarray) -> int:
     return crc
 
 
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back (blocked, delivered on leaving) while the block runs."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_init(parent: int) -> None:
     """A feature worker: single-threaded torch (as DataLoader workers), and dies with its
     parent, however the parent ends (Linux: the kernel sends SIGKILL when it goes)."""
+    # forked with the parent's handlers and with interrupts held: the parent handles Ctrl-C
+    # (it reaches the whole terminal group) and SIGTERM ends a worker at once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
     torch.set_num_threads(1)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
