@@ -1,4 +1,4 @@
-"""ICBHI Sp / Se / Score (PAPER.md §1, §7), per-class recall and the patient bootstrap."""
+"""ICBHI Sp / Se / Score (docs/evaluation.md), per-class recall and the patient bootstrap."""
 
 from __future__ import annotations
 
@@ -234,3 +234,20 @@ def test_bootstrap_degenerate_inputs():
         patient_bootstrap_ci([0, 1], [0, 1], [1, 2], level=1.0)
     with pytest.raises(ValueError, match="n_boot"):
         patient_bootstrap_ci([0, 1], [0, 1], [1, 2], n_boot=0)
+
+
+def test_bootstrap_of_several_runs_is_that_of_their_mean():
+    y_true, y_pred, patients = synthetic_cohort()
+    single = patient_bootstrap_ci(y_true, y_pred, patients, seed=3)
+    # one run given as (1, N), or the same run twice: the single run's interval exactly
+    assert patient_bootstrap_ci(y_true, y_pred[None], patients, seed=3) == single
+    assert patient_bootstrap_ci(y_true, np.stack([y_pred, y_pred]), patients, seed=3) == single
+    # a run that is always right and one that is the cohort's: each replicate averages them,
+    # so the interval lies between the perfect run's (100, 100) and the other's
+    both = patient_bootstrap_ci(y_true, np.stack([y_true, y_pred]), patients, seed=3)
+    for key in ("sp", "se", "score"):
+        lo, hi = both[key]
+        assert single[key][0] < lo < hi < 100.0
+        assert hi - lo == pytest.approx((single[key][1] - single[key][0]) / 2, rel=0.25)
+    with pytest.raises(ValueError, match="differ in length"):
+        patient_bootstrap_ci(y_true, np.stack([y_pred, y_pred])[:, :-1], patients)

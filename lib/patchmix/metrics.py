@@ -1,4 +1,4 @@
-"""ICBHI scores (PAPER.md §1, §7): specificity, sensitivity, Score, and a patient bootstrap.
+"""ICBHI scores (docs/evaluation.md): specificity, sensitivity, Score, and a patient bootstrap.
 
 Class 0 is *normal*; every other class is *abnormal*. With the 4 ICBHI classes (normal,
 crackle, wheeze, both) the official Se counts an abnormal cycle as a hit only when it is
@@ -154,8 +154,16 @@ def patient_bootstrap_ci(
     ``{"sp": (lo, hi), "se": (lo, hi), "score": (lo, hi), "n_valid": int, "n_boot": int}``;
     intervals are ``(nan, nan)`` when no replicate is valid. ``seed`` feeds a private
     ``numpy.random.Generator``, so a seed fixes the result.
+
+    ``y_pred`` may also be (S, N): the predictions of S runs (e.g. seeds) on the same N cycles.
+    A replicate then draws one set of patients for all runs and its metric is the mean of the
+    runs' metrics: an interval for the seed-mean that tables report.
     """
-    t, p = _checked(y_true, y_pred, n_classes)
+    preds = y_pred.detach().cpu().numpy() if isinstance(y_pred, torch.Tensor) else y_pred
+    preds = np.asarray(preds)
+    runs = preds if preds.ndim == 2 else preds[None]  # (S, N)
+    checked = [_checked(y_true, row, n_classes) for row in runs]
+    t = checked[0][0]
     if isinstance(patients, torch.Tensor):
         patients = patients.detach().cpu().numpy()
     pid = np.asarray(patients)
@@ -171,17 +179,18 @@ def patient_bootstrap_ci(
 
     _, group = np.unique(pid, return_inverse=True)  # (N,) patient index 0..P-1
     n_pat, k = int(group.max()) + 1, n_classes
-    per_patient = np.bincount(group * k * k + t * k + p, minlength=n_pat * k * k)
-    per_patient = per_patient.reshape(n_pat, k * k)  # (P, k·k) confusion counts per patient
+    per_patient = np.stack([  # (S, P, k·k) confusion counts per run and patient
+        np.bincount(group * k * k + t * k + p, minlength=n_pat * k * k).reshape(n_pat, k * k)
+        for _, p in checked])
 
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_pat, size=(n_boot, n_pat))  # (n_boot, P) drawn patients
     offsets = (np.arange(n_boot) * n_pat)[:, None]
     times_drawn = np.bincount((draws + offsets).ravel(), minlength=n_boot * n_pat)
     times_drawn = times_drawn.reshape(n_boot, n_pat)  # (n_boot, P) multiplicity of each patient
-    cms = (times_drawn @ per_patient).reshape(n_boot, k, k)  # (n_boot, k, k)
+    cms = (times_drawn @ per_patient).reshape(len(runs), n_boot, k, k)  # (S, n_boot, k, k)
 
-    sp, se, score = _sp_se_score(cms)  # (n_boot,) each
+    sp, se, score = (m.mean(axis=0) for m in _sp_se_score(cms))  # (n_boot,): mean over runs
     valid = ~np.isnan(score)
     alpha = (1.0 - level) / 2.0
     out: dict[str, Any] = {}
