@@ -23,7 +23,7 @@ SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
 export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
-.PHONY: help setup test lint reproduce notebooks data lab clean bench
+.PHONY: help setup test lint reproduce notebooks data lab clean bench estimate
 
 help:
 	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
@@ -68,6 +68,10 @@ lab: setup
 # BENCH_ARGS=--quick: the CI-sized run (demo model only)
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# the paper route's GPU time, estimated from counted FLOPs (an estimate until measured)
+estimate: setup
+	$(BIN)/python bench/estimate.py $(ESTIMATE_ARGS)
 
 clean:
 	rm -rf data/synthetic .cache out runs .pytest_cache .ruff_cache

@@ -255,9 +255,11 @@ def step_flops(profile: str, method: str, batch: int) -> float:
     cfg = experiment_config(profile, method)  # model FLOPs: no recomputation of any kind
     cfg = replace(cfg, model=replace(cfg.model, activations="store"))
     labels = np.arange(batch) % cfg.model.n_classes
+    # built on the CPU, then moved: a method may compute a constant from the labels (weights)
+    own = get_method(method)(cfg, labels).to("meta")
     with torch.device("meta"):
         model = AST(cfg.model)
-        objective = Objective(model, get_method(method)(cfg, labels), Net(model))
+        objective = Objective(model, own, Net(model))
         x = torch.empty(batch, cfg.model.n_frames, cfg.model.n_mels)
         y = torch.tensor(labels)
     g = torch.Generator().manual_seed(0)

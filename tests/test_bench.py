@@ -85,3 +85,18 @@ def test_activation_variants_train_exactly_like_the_fast_step():
                               "overrides": ["model.activations=lean"]})["losses"]
     assert len(losses["store"]) == 3 and len(set(losses["store"])) == 3  # training moved
     assert losses["lean"] == losses["store"] == losses["checkpoint"]
+
+
+@pytest.mark.slow
+def test_the_paper_route_estimate_prices_every_planned_run():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "estimate.py"), "--seeds", "1",
+                           "--tflops", "100"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, hours = done.stdout.splitlines()[:2]
+    # one seed: 6 baselines (CE twice: with and without SpecAugment), Patch-Mix CL's base and
+    # its six ablation settings
+    assert "13 runs (" in first and "7 patchmix_cl" in first and "2 ce" in first
+    flops = float(first.split("runs (")[1].split("), ")[1].split(" ×")[0]) * 1e18
+    # 50 epochs × 517 steps × ≈ 4.7 TFLOP (fine-tuning) per step, at least, for 6 runs
+    assert flops > 6 * 50 * 517 * 4.6e12
+    assert float(hours.split(": ")[1].split()[0]) == pytest.approx(flops / 1e14 / 3600, rel=0.01)
