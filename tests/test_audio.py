@@ -1,5 +1,5 @@
-"""Cycle waveforms: every step of PAPER.md §3 (1-4) against hand-checked values and against an
-independent pipeline built from torchaudio's own transforms."""
+"""Cycle waveforms: every step of docs/recipe.md#preprocessing (1-4) against hand-checked
+values and against an independent pipeline built from torchaudio's own transforms."""
 
 from __future__ import annotations
 

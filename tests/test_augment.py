@@ -1,4 +1,4 @@
-"""Input-level baselines: class weights, SpecAugment (PAPER.md §3 step 7), Mixup, CutMix."""
+"""Input-level baselines: class weights, SpecAugment (docs/recipe.md#training), Mixup, CutMix."""
 
 from __future__ import annotations
 

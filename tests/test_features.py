@@ -1,4 +1,4 @@
-"""Fbank features (PAPER.md §3 steps 5-6) and the on-disk feature cache."""
+"""Fbank features (steps 5-6 of docs/recipe.md#preprocessing) and the on-disk feature cache."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from patchmix.icbhi import read_icbhi
 
 
 def direct_fbank(w: torch.Tensor) -> torch.Tensor:
-    """PAPER.md §3 steps 5-6 written out with the paper's exact arguments."""
+    """Steps 5-6 of docs/recipe.md#preprocessing written out with the paper's exact arguments."""
     f = kaldi.fbank(w[None], htk_compat=True, sample_frequency=16000, use_energy=False,
                     window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
     return (f - (-4.2677393)) / (4.5689974 * 2)

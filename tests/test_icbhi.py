@@ -257,7 +257,8 @@ def test_patient_folds_keep_patients_whole_and_balanced():
 
 def test_all_920_split_names_with_the_91_renamed_files(icbhi_mini, tmp_path):
     """Every recording of the real split file, the 91 of filename_differences.txt stored under
-    their old device name as in the download: nothing is dropped, devices count as PAPER.md §2."""
+    their old device name as in the download: nothing is dropped, devices count as in
+    docs/data.md."""
     import soundfile as sf
 
     split_text = (icbhi_mini / "ICBHI_challenge_train_test.txt").read_text()

@@ -1,4 +1,5 @@
-"""The AST model (PAPER.md §4): shapes, token order, positional-embedding rules, weights."""
+"""The AST model (docs/recipe.md#the-model): shapes, token order, positional-embedding rules,
+weights."""
 
 from __future__ import annotations
 
@@ -400,7 +401,8 @@ def test_paper_parameter_count(paper_model):
 
 
 def test_backbone_names_and_shapes_are_the_official_checkpoint_keys():
-    """Written out by hand from the official format (PAPER.md §4), not derived from our model."""
+    """Written out by hand from the official format (docs/recipe.md#pretrained-weights), not
+    derived from our model."""
     per_block = {
         "norm1.weight": (768,), "norm1.bias": (768,),
         "attn.qkv.weight": (2304, 768), "attn.qkv.bias": (2304,),

@@ -1,4 +1,4 @@
-"""Properties of Patch-Mix on patch tokens (PAPER.md §5)."""
+"""Properties of Patch-Mix on patch tokens (docs/method.md#patch-mix-step-by-step)."""
 
 from __future__ import annotations
 

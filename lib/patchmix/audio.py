@@ -1,4 +1,4 @@
-"""Waveforms of respiratory cycles: PAPER.md §3 steps 1-4.
+"""Waveforms of respiratory cycles: steps 1-4 of the recipe (docs/recipe.md#preprocessing).
 
 1. load a recording (any WAV subtype soundfile reads; stereo is averaged to mono) and resample it
    to 16 kHz with torchaudio's `Resample` transform (default windowed-sinc settings);
@@ -153,7 +153,7 @@ def cut(waveform: torch.Tensor, start_s: float, end_s: float, rate: int) -> torc
 
 def fix_length(cycle: torch.Tensor, n_samples: int, pad: str = FeatureConfig.pad,
                fade_samples: int = 1_000) -> torch.Tensor:
-    """A 1-D cycle brought to exactly `n_samples` (PAPER.md §3 step 4).
+    """A 1-D cycle brought to exactly `n_samples` (step 4 of docs/recipe.md#preprocessing).
 
     Longer cycles keep their first `n_samples`. Otherwise ``pad="repeat"`` tiles the cycle
     ⌈n_samples / len⌉ times, truncates and applies a linear fade-out of `fade_samples` (also to a
@@ -185,7 +185,7 @@ def prepare_recording(waveform: torch.Tensor, rate: int,
 
 def recording_cycles(wav_path: str | os.PathLike, starts: Sequence[float],
                      ends: Sequence[float], cfg: FeatureConfig | None = None) -> torch.Tensor:
-    """The fixed-length cycles of one recording, PAPER.md §3 steps 1-4.
+    """The fixed-length cycles of one recording: steps 1-4 of docs/recipe.md#preprocessing.
 
     Args:
         wav_path: the recording (any rate, PCM 8-32 bit or float, mono or multichannel).

@@ -1,7 +1,7 @@
 """Input-level baselines on fbank batches (B, T=798, F=128): SpecAugment, Mixup, CutMix.
 
-Also the class weights of the official weighted cross-entropy (PAPER.md §6) and the mixed
-cross-entropy shared by Mixup and CutMix. Every random choice comes from an explicit
+Also the class weights of the official weighted cross-entropy (docs/recipe.md#training) and
+the mixed cross-entropy shared by Mixup and CutMix. Every random choice comes from an explicit
 `torch.Generator`, drawn in a fixed order, so a seeded generator fixes the result bit for bit on
 CPU. No function writes into its input: fbank batches may be views of a read-only memory-mapped
 feature cache.
@@ -72,7 +72,7 @@ def spec_augment_masks(
     time_width: int = 160,
     gate: str = MethodConfig.specaug_gate,
 ) -> SpecAugmentMasks:
-    """Draw SpecAugment's gate and mask positions (PAPER.md §3 step 7) without touching data.
+    """Draw SpecAugment's gate and mask positions (docs/recipe.md#training) without touching data.
 
     Draw order, fixed: B standard normals (the gate), then frequency widths and starts, then
     time widths and starts. The normals are drawn for ``gate="always"`` too, so the two gates
@@ -135,7 +135,7 @@ def spec_augment(
     time_width: int = 160,
     gate: str = MethodConfig.specaug_gate,
 ) -> torch.Tensor:
-    """SpecAugment of the official recipe (PAPER.md §3 step 7) on each sample of (B, T, F).
+    """SpecAugment of the official recipe (docs/recipe.md#training) on each sample of (B, T, F).
 
     With probability Φ(1) ≈ 0.841 (``gate="official"``) or always (``gate="always"``): 2 mel
     bands of width U{0..47} at start U{0..F-width}, filled with the sample's mean; then 2 frame

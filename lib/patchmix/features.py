@@ -1,4 +1,4 @@
-"""Kaldi filterbank features (PAPER.md §3 steps 5-6) and their on-disk cache.
+"""Kaldi filterbank features (steps 5-6 of docs/recipe.md#preprocessing) and their on-disk cache.
 
 `fbank` turns 8 s cycles into normalised 798 × 128 log-mel images. `cycle_features` computes
 them for a whole cycle table once, in parallel worker processes, and keeps them in a

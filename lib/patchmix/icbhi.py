@@ -23,7 +23,7 @@ annotation line that does not parse     error (file and line number)
 cycle with end <= start                 skipped, reported with file and line
 cycle starting at/after the recording   skipped, reported with file and line
 cycle shorter than one sample at 16 kHz skipped, reported with file and line (nothing to cut)
-cycle ending after the recording        kept: the cut is clamped (PAPER.md §3), counted
+cycle ending after the recording        kept: the cut is clamped (docs/recipe.md), counted
 recording with no annotation file       skipped, reported
 annotation file with no recording       skipped, reported
 recording absent from the split file    skipped, reported

@@ -1,4 +1,4 @@
-"""Patch-Mix: mixing patch embeddings between samples of a batch (PAPER.md §5).
+"""Patch-Mix: mixing patch embeddings between samples of a batch (docs/method.md).
 
 Patch-Mix acts on the tokens of the AST patch embedding, after the patch conv and before the
 CLS/DIST tokens and the positional embedding are added: ``tokens`` (B, N, D), token k at grid
@@ -70,7 +70,7 @@ def patch_mix(
     mode: str = MethodConfig.mix_mode,
     grid: tuple[int, int] | None = None,
 ) -> PatchMixResult:
-    """Mix patch tokens across the batch (PAPER.md §5); pure, differentiable.
+    """Mix patch tokens across the batch (docs/method.md); pure, differentiable.
 
     ``tokens`` (B, N, D) are patch embeddings before CLS/DIST and positional embedding, token k
     at (f, t) = (k // T, k % T). Draws, in this order from ``generator``: ``index``, a random

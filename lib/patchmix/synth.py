@@ -13,7 +13,7 @@ download cannot tell apart by its layout::
     OUT/README.md                                what this is (SYNTHETIC), seed, version, model
     OUT/synthetic.json                           marker: generator, version, seed, n_recordings
 
-What is modelled (numbers from PAPER.md §2 and §9):
+What is modelled (ICBHI counts and textbook lung-sound acoustics: docs/data.md):
 
 * **Patients** with a diagnosis (COPD most common, then Healthy, URTI, Bronchiectasis, ...) that
   sets the class priors of their cycles, and demographics plausible for the age (children with
