@@ -167,3 +167,182 @@ def test_examples_figure_one_row_per_example(cycles):
     titles = " ".join(ax.get_title(loc="left") for ax in fig.axes)
     assert all(CLASSES[label] in titles for label in examples["label"])
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- split contrasts
+
+
+def test_split_shift_and_the_printed_lines(mini_cycles):
+    table = pd.DataFrame({"split": ["train"] * 4 + ["test"] * 4,
+                          "device": ["a", "a", "b", "b", "a", "a", "b", "b"],
+                          "label": [0, 0, 0, 0, 1, 1, 1, 1]})
+    assert explore.split_shift(table, "device") == 0.0  # same mix
+    assert explore.split_shift(table, "label") == 100.0  # nothing in common
+    assert np.isnan(explore.split_shift(table[table["split"] == "train"], "label"))
+
+    line = explore.device_split_line(mini_cycles)  # the ten real recordings' split
+    assert "AKGC417L train only (3)" in line and "Litt3200 test only (2)" in line
+    assert "Meditron 1 / 2" in line
+    assert f"{explore.split_shift(mini_cycles, 'device'):.0f} points" in line
+    assert "normal 30 % / 76 %" in explore.class_mix_line(mini_cycles)  # 14/47 and 35/46
+    assert "median cycle" in explore.duration_line(mini_cycles)
+
+
+# ----------------------------------------------------------------------------- event detector
+
+RATE = 16_000
+
+
+def _breath(seconds: float, rate: int = RATE, seed: int = 0, rms: float = 0.05) -> np.ndarray:
+    """Band-limited noise (80-250 Hz, where vesicular breath sound is loudest) standing in for
+    breath sounds: (samples,)."""
+    from scipy import signal
+
+    sos = signal.butter(2, [80, 250], "bandpass", fs=rate, output="sos")
+    x = signal.sosfilt(sos, np.random.default_rng(seed).standard_normal(int(seconds * rate)))
+    return rms * x / x.std()
+
+
+def _click(rate: int, freq: float, tau_s: float) -> np.ndarray:
+    """A crackle-like transient: a sudden deflection ringing down at `freq`."""
+    t = np.arange(int(6 * tau_s * rate)) / rate
+    return np.exp(-t / tau_s) * np.sin(2 * np.pi * freq * t)
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+def test_a_click_train_is_found_as_crackles_at_the_right_times(rate):
+    x = _breath(2.0, rate)
+    onsets = [0.30, 0.55, 0.80, 1.20, 1.60]
+    for k, onset in enumerate(onsets):  # fine clicks (700 Hz) and one coarse one (250 Hz)
+        click = _click(rate, 250.0, 0.006) if k == 3 else _click(rate, 700.0, 0.0015)
+        i = int(onset * rate)
+        x[i:i + len(click)] += 0.5 * click
+    found = explore.detect_crackles(x, rate)
+    assert len(found) == len(onsets)
+    np.testing.assert_allclose(found, onsets, atol=0.004)  # the energy peak, within 4 ms
+    assert len(explore.detect_wheezes(x, rate)) == 0
+
+
+def test_a_tone_sweep_is_a_wheeze_and_no_crackle():
+    x = _breath(2.0)
+    t = np.arange(int(0.6 * RATE)) / RATE
+    freq = 250.0 + (700.0 - 250.0) * t / 0.6  # a 0.6 s glide from 250 to 700 Hz
+    ramp = np.minimum(1.0, np.minimum(t, 0.6 - t) / 0.02)  # 20 ms on and off
+    i = int(0.7 * RATE)
+    x[i:i + len(t)] += 0.2 * ramp * np.sin(2 * np.pi * np.cumsum(freq) / RATE)
+    events = explore.detect_events(x, RATE)
+    assert len(events.crackles) == 0
+    assert events.wheezes.shape == (1, 3)
+    start, end, pitch = events.wheezes[0]
+    assert start == pytest.approx(0.7, abs=0.05) and end == pytest.approx(1.3, abs=0.05)
+    assert 250.0 < pitch < 700.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_white_noise_is_neither(seed):
+    x = 0.1 * np.random.default_rng(seed).standard_normal(3 * RATE)
+    events = explore.detect_events(x, RATE)
+    assert len(events.crackles) == 0 and len(events.wheezes) == 0
+
+
+def test_silence_and_tiny_cycles_give_no_events():
+    for x in (np.zeros(2 * RATE), np.ones(40), np.zeros(0)):
+        events = explore.detect_events(x, RATE)
+        assert events.crackles.shape == (0,) and events.wheezes.shape == (0, 3)
+
+
+def test_detection_rates_count_each_class_and_use_the_given_detector(synthetic_cycles):
+    rates = explore.detection_rates(synthetic_cycles, max_cycles=10_000)
+    assert rates["class"].tolist() == list(CLASSES)
+    assert rates["cycles"].sum() == len(synthetic_cycles)  # every cycle was read
+    assert rates.attrs["recordings"] == synthetic_cycles["recording"].nunique()
+    by = rates.set_index("class")
+    # the rules fire where the labels say the events are (synthetic sound: clean cues)
+    assert by.loc["wheeze", "with_wheezes_pct"] > 80 > by.loc["normal", "with_wheezes_pct"]
+    assert by.loc["crackle", "with_crackles_pct"] > 50 > by.loc["normal", "with_crackles_pct"]
+    line = explore.detection_line(rates)
+    assert f"on {len(synthetic_cycles)} cycles ({rates.attrs['recordings']} recordings)" in line
+    wheeze = by.loc["wheeze", "with_wheezes_pct"]
+    assert f"with a wheeze mark: normal {by.loc['normal', 'with_wheezes_pct']:.0f} %" in line
+    assert f"wheeze {wheeze:.0f} %" in line.split("with a wheeze mark")[1]
+
+    def always(x: np.ndarray, rate: int) -> explore.Events:
+        return explore.Events(np.array([0.0]), np.zeros((0, 3)))
+
+    few = explore.detection_rates(synthetic_cycles, max_cycles=1, detector=always)
+    assert few.attrs["recordings"] == 1  # whole recordings, as few as reach max_cycles
+    present = few[few["cycles"] > 0]
+    assert (present["with_crackles_pct"] == 100).all() and (present["with_wheezes_pct"] == 0).all()
+
+
+def test_examples_figure_marks_the_detected_events_on_every_copy(synthetic_cycles):
+    examples = explore.pick_examples(synthetic_cycles, seed=0)
+    fig = explore.examples_figure(examples)
+    spectra = [ax for ax in fig.axes if ax.get_images()]
+    for ax, (_, row) in zip(spectra, examples.iterrows(), strict=True):
+        cycle = explore.padded_versions(row)["cycle"]
+        events = explore.detect_events(cycle, RATE)
+        shifts = explore.copy_starts(len(cycle))
+        expected = np.sort(np.concatenate([events.crackles + s for s in shifts]))
+        expected = expected[expected < 8.0]
+        marks = [line for line in ax.get_lines() if line.get_marker() == "v"]
+        shown = np.sort(np.concatenate([m.get_xdata() for m in marks])) if marks else []
+        np.testing.assert_allclose(shown, expected)
+        bars = [line for line in ax.get_lines() if line.get_linewidth() == 3.5]
+        assert len(bars) == sum(s + w[0] < 8.0 for s in shifts for w in events.wheezes)
+        assert ax.get_xlim() == pytest.approx((0.0, 7.98))  # marks do not widen the image
+    assert "NOT annotated" in fig.legends[0].get_title().get_text()
+    plt.close(fig)
+    plain = explore.examples_figure(examples, events=False)
+    assert not any(line.get_marker() == "v" for ax in plain.axes for line in ax.get_lines())
+    plt.close(plain)
+
+
+def test_copy_starts():
+    from patchmix.config import FeatureConfig
+
+    np.testing.assert_allclose(explore.copy_starts(48_000), [0.0, 3.0, 6.0])
+    np.testing.assert_allclose(explore.copy_starts(48_000, FeatureConfig(pad="zero")), [2.5])
+    np.testing.assert_allclose(explore.copy_starts(200_000), [0.0])  # truncated: one copy
+
+
+# ----------------------------------------------------------------------------- listening
+
+
+@pytest.mark.parametrize("pad", ["repeat", "zero"])
+def test_listening_clips_are_the_cut_and_the_model_input(synthetic_cycles, pad):
+    from patchmix.config import FeatureConfig
+
+    cfg = FeatureConfig(pad=pad)
+    row = explore.pick_examples(synthetic_cycles, seed=0, max_s=2.5).iloc[0]
+    clips = explore.listening_clips(row, cfg)
+    cycle, rate = clips["cycle"]
+    model_input, input_rate = clips["model input"]
+    assert rate == input_rate == 16_000
+    assert model_input.shape == (128_000,)  # 8 s at 16 kHz
+    pipeline = recording_cycles(row["path"], [row["start"]], [row["end"]], cfg)[0]
+    np.testing.assert_array_equal(model_input, pipeline.numpy())  # what the fbank is made of
+    np.testing.assert_array_equal(cycle, explore.padded_versions(row, cfg)["cycle"])
+    assert len(cycle) == int(row["end"] * rate) - int(row["start"] * rate)
+
+
+def test_audio_players_embed_labelled_16khz_wavs(synthetic_cycles):
+    import base64
+    import io
+    import re
+
+    import soundfile as sf
+
+    examples = explore.pick_examples(synthetic_cycles, seed=0)
+    html = explore.audio_players(examples).data
+    assert html.count("<audio") == 2 * len(examples)
+    for _, row in examples.iterrows():
+        assert f"{row['recording']}, cycle {row['cycle']}" in html
+        assert CLASSES[int(row["label"])] in html and f"{row['seconds']:.2f} s" in html
+    wavs = re.findall(r"data:audio/wav;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(wavs) == 2 * len(examples)
+    first = examples.iloc[0]
+    played, rate = sf.read(io.BytesIO(base64.b64decode(wavs[1])))  # row 1, model input
+    assert rate == 16_000 and played.shape == (128_000,)
+    expected = explore.listening_clips(first)["model input"][0]
+    np.testing.assert_allclose(played, expected / np.abs(expected).max(), atol=2e-4)

@@ -34,7 +34,8 @@ def naive_loss(
     tau: float,
     labels: list[int] | None = None,
 ) -> torch.Tensor:
-    """PAPER.md §5 written out with loops; ``labels`` switches on the diff_label denominator."""
+    """docs/method.md's L_CL written out with loops; ``labels`` switches on the diff_label
+    denominator."""
     b = mixed.shape[0]
     p = [mixed[i] / mixed[i].norm() for i in range(b)]
     z = [clean[j] / clean[j].norm() for j in range(b)]

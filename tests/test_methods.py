@@ -31,6 +31,7 @@ from patchmix.train import Run
 
 class LabelSmoothing(Method):
     """Fine-tuning with a label-smoothed cross-entropy: 10 % of each target spread evenly."""
+    terms = {"cross_entropy": "label-smoothed cross-entropy"}  # what each loss term is
 
     def loss(self, net, x, y, g):
         return {"cross_entropy": F.cross_entropy(net.logits(x), y, label_smoothing=0.1)}

@@ -38,7 +38,7 @@ from patchmix.config import (
 )
 from patchmix.datasets import CLASSES, Data, load_data
 from patchmix.methods import Method, baseline_methods, method_names, method_with_role
-from patchmix.metrics import icbhi_scores_2class_from_4
+from patchmix.metrics import icbhi_scores_2class_from_4, patient_bootstrap_ci
 from patchmix.model import AST, build_model
 from patchmix.train import finished, fit, read_checkpoint
 
@@ -118,9 +118,15 @@ def baselines(cfg: ExperimentConfig) -> list[PlannedRun]:
 
 
 def comparison(cfg: ExperimentConfig) -> list[PlannedRun]:
-    """The paper's method and the fine-tuning it is compared with (roles ``reference`` and
-    ``proposed`` of the method registry), in that order."""
+    """The paper's method and the plain fine-tuning it is shown beside (roles ``reference``
+    and ``proposed`` of the method registry), in that order."""
     return [_planned(method_with_role(role), cfg) for role in ("reference", "proposed")]
+
+
+def paper_baseline(cfg: ExperimentConfig) -> list[PlannedRun]:
+    """The fine-tuning the paper's table reports (role ``paper_baseline``: the official
+    scripts train it with class-weighted CE)."""
+    return [_planned(method_with_role("paper_baseline"), cfg)]
 
 
 def ablations(cfg: ExperimentConfig,
@@ -144,13 +150,14 @@ def ablations(cfg: ExperimentConfig,
 
 
 GROUPS: dict[str, Callable[[ExperimentConfig], list[PlannedRun]]] = {
-    "baselines": baselines, "comparison": comparison, "ablations": ablations}
+    "baselines": baselines, "paper_baseline": paper_baseline, "comparison": comparison,
+    "ablations": ablations}
 """The groups of the run plan, each a function of a notebook's configuration."""
 
 NOTEBOOK_RUNS: dict[str, tuple[str, ...]] = {
     "01_data_exploration": (),
     "02_baselines": ("baselines",),
-    "03_patchmix_ablations": ("comparison", "ablations"),
+    "03_patchmix_ablations": ("paper_baseline", "comparison", "ablations"),
     # 04 and 05 train nothing of their own: they read what 02 and 03 trained from the run cache
     "04_latent_umap": ("comparison",),
     "05_paper_tables": ("baselines", "comparison"),
@@ -296,8 +303,36 @@ def summed_confusion(table: pd.DataFrame, protocol: str) -> np.ndarray:
     return total
 
 
+def bootstrap_intervals(table: pd.DataFrame, protocol: str, *, n_boot: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Patient-bootstrap intervals of each method's seed-mean test Sp/Se/Score under
+    `protocol` (`patchmix.metrics.patient_bootstrap_ci` on the runs' predictions).
+
+    One row per method of the `run_seeds` table: ``method, protocol, sp_lo, sp_hi, se_lo,
+    se_hi, score_lo, score_hi, n_valid``. Every replicate resamples the test patients once for
+    all of a method's seeds, so the interval is that of the mean the tables report; it shows
+    how much the Score could move with another draw of patients, not with another seed.
+    """
+    rows = []
+    chosen = table[table["protocol"] == protocol].drop_duplicates("run_dir")
+    for method, runs in chosen.groupby("method", sort=False):
+        preds = [pd.read_csv(Path(d) / f"predictions-{protocol}.csv") for d in runs["run_dir"]]
+        first = preds[0]
+        for other in preds[1:]:  # the same test cycles, in the same order
+            if not other[["recording", "cycle"]].equals(first[["recording", "cycle"]]):
+                raise ValueError(f"{method}: the runs' predictions cover different cycles")
+        ci = patient_bootstrap_ci(first["label"], np.stack([p["pred"] for p in preds]),
+                                  first["patient"].astype(str), n_boot=n_boot, level=level,
+                                  seed=seed)
+        rows.append({"method": method, "protocol": protocol,
+                     **{f"{m}_{end}": ci[m][i] for m in ("sp", "se", "score")
+                        for i, end in enumerate(("lo", "hi"))}, "n_valid": ci["n_valid"]})
+    return pd.DataFrame(rows)
+
+
 def binary_scores(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """Normal-vs-abnormal Sp/Se/Score (PAPER.md §1's 2-class Score) of each run's predictions.
+    """Normal-vs-abnormal Sp/Se/Score (docs/evaluation.md#the-2-class-score) of each run's
+    predictions.
 
     Read from the runs' ``predictions-<protocol>.csv``; one row per run that has the protocol
     (``best_test`` is missing when no epoch reached Se > 5), with its ``method`` and ``seed``.

@@ -1,4 +1,4 @@
-"""Losses of Patch-Mix (PAPER.md §5): Patch-Mix CE, the Patch-Mix contrastive loss, projector.
+"""Losses of Patch-Mix (docs/method.md): Patch-Mix CE, the Patch-Mix contrastive loss, projector.
 
 Patch-Mix CL step: a clean forward gives the feature f (B, D) and the plain CE; a Patch-Mix
 forward gives f̃ (B, D), projected by `Projector`; the contrastive loss pulls the projection of
@@ -8,6 +8,8 @@ mixed sample i toward the clean features of both its sources, i (weight λ) and 
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ def patchmix_ce(
 
 
 class Projector(nn.Module):
-    """The contrastive projection head: Linear, BatchNorm1d, ReLU, Linear (PAPER.md §5).
+    """The contrastive projection head: Linear, BatchNorm1d, ReLU, Linear (docs/method.md).
 
     ``dim`` → ``hidden`` (default ``dim``) → ``out`` (default ``dim``); the paper uses 768 →
     768 → 768. ``bn=False`` drops the BatchNorm (an option of the official code). In train
@@ -81,6 +83,16 @@ def contrastive_target(
     return projector(clean_feat), False
 
 
+class ContrastiveRows(NamedTuple):
+    """The pieces of the Patch-Mix contrastive loss for a batch (what `contrastive_rows`
+    returns): ``sim`` (B, B) S = p·zᵀ/τ, rows the mixed anchors and columns the clean samples;
+    ``soft`` (B, B) the soft targets M; ``per_row`` (B,) each anchor's loss."""
+
+    sim: torch.Tensor
+    soft: torch.Tensor
+    per_row: torch.Tensor
+
+
 def patchmix_contrastive_loss(
     mixed_proj: torch.Tensor,
     clean_feat: torch.Tensor,
@@ -92,7 +104,24 @@ def patchmix_contrastive_loss(
     negatives: str = MethodConfig.negatives,
     stop_grad: bool = True,
 ) -> torch.Tensor:
-    """The Patch-Mix contrastive loss L_CL (PAPER.md §5), a mean over the batch.
+    """The Patch-Mix contrastive loss L_CL, a mean over the batch: the mean of
+    `contrastive_rows`' ``per_row`` (which documents the arguments and the formula)."""
+    return contrastive_rows(mixed_proj, clean_feat, index, lam, temperature, labels=labels,
+                            negatives=negatives, stop_grad=stop_grad).per_row.mean()
+
+
+def contrastive_rows(
+    mixed_proj: torch.Tensor,
+    clean_feat: torch.Tensor,
+    index: torch.Tensor,
+    lam: float,
+    temperature: float = MethodConfig.temperature,
+    *,
+    labels: torch.Tensor | None = None,
+    negatives: str = MethodConfig.negatives,
+    stop_grad: bool = True,
+) -> ContrastiveRows:
+    """The Patch-Mix contrastive loss of each mixed sample, with S and M (`ContrastiveRows`).
 
     ``mixed_proj`` (B, D): projector outputs of the mixed samples; ``clean_feat`` (B, D): the
     target, by default the raw clean features (see `contrastive_target`), detached when
@@ -100,11 +129,11 @@ def patchmix_contrastive_loss(
     z = normalize(clean_feat), S = p·zᵀ/τ (B, B) and soft targets M = λ·I + (1−λ)·P,
     P[i, index[i]] = 1 (a self-pair gets M[i, i] = 1)::
 
-        L = −mean_i Σ_j M_ij · log_softmax_j(S_i·)
+        per_row[i] = −Σ_j M_ij · log_softmax_j(S_i·),   L_CL = mean_i per_row[i]
 
-    computed as ``mean_i (Σ_j M_ij · logsumexp_j S_ij − Σ_j M_ij S_ij)``: no exponential is
-    taken outside a log-sum-exp, so any τ > 0 is safe. Half-precision inputs are upcast to
-    float32 (float64 stays float64); the loss is returned in that type.
+    computed as ``Σ_j M_ij · logsumexp_j S_ij − Σ_j M_ij S_ij``: no exponential is taken
+    outside a log-sum-exp, so any τ > 0 is safe. Half-precision inputs are upcast to float32
+    (float64 stays float64); the pieces are returned in that type.
 
     ``negatives="diff_label"`` (needs ``labels`` (B,)): the softmax denominator of row i keeps
     the positives — the columns i and index[i], whatever λ — and the samples whose label
@@ -149,4 +178,4 @@ def patchmix_contrastive_loss(
         denom = sim.masked_fill(~(positive | negative), float("-inf"))
     log_norm = torch.logsumexp(denom, dim=1)  # (B,)
     per_row = soft.sum(dim=1) * log_norm - (soft * sim).sum(dim=1)  # (B,)
-    return per_row.mean()
+    return ContrastiveRows(sim, soft, per_row)

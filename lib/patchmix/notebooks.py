@@ -30,6 +30,7 @@ from patchmix import plots
 from patchmix.config import KNOBS, PROFILES, ExperimentConfig, get_value, notebook_config
 from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
 from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
+from patchmix.methods import get_method
 from patchmix.report import NOTEBOOKS, Outputs, project_root
 
 
@@ -69,6 +70,12 @@ class Notebook:
     def labels(self) -> dict[str, str]:
         """How figures and tables name the runs this notebook plans (name → label)."""
         return {p.name: p.label for p in self.plan()}
+
+    @functools.cached_property
+    def terms(self) -> dict[str, dict[str, str]]:
+        """What the loss terms of each planned run are (name → `Method.terms`): loss panels
+        share an axis only between runs of the same objective."""
+        return {p.name: get_method(p.cfg.method.name).terms for p in self.plan()}
 
     def knobs(self) -> pd.DataFrame:
         """The knobs of `patchmix.config.KNOBS` with their values in this configuration."""
@@ -129,6 +136,7 @@ def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
     target = executed_dir / f"{name}.ipynb"
     executed_dir.mkdir(parents=True, exist_ok=True)
     declared = papermill.inspect_notebook(str(source))  # pass only the knobs it has
+    parameters = {"SLIDERS": False, **parameters}  # headless: the static figures only
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
     try:

@@ -46,33 +46,57 @@ def use_style() -> None:
 
 
 def learning_curves(history: pd.DataFrame, *, hue: str = "method",
-                    labels: Mapping[str, str] | None = None) -> Figure:
-    """Train loss, test Score and validation Score per epoch; mean line and min–max band.
+                    labels: Mapping[str, str] | None = None,
+                    terms: Mapping[str, Mapping[str, str]] | None = None) -> Figure:
+    """Training loss, test Score and validation Score per epoch; mean line, min–max band.
 
     `history` is long-format, one row per run × epoch, with columns `hue`, ``seed``, ``epoch``,
-    ``train_loss``, ``test_score`` and optionally ``val_score``.
+    ``train_loss`` (or ``loss_<term>`` per term), ``test_score`` and optionally ``val_score``.
+    `terms` maps each `hue` value to its method's terms (`patchmix.methods.Method.terms`: term
+    → what it is): each distinct objective gets its own loss panel, so that only losses of the
+    same objective share an axis. Without `terms` every run's total loss shares one panel.
+    A method keeps its colour in every panel.
     """
-    panels = [("train_loss", "train loss"), ("test_score", "test Score (%)")]
+    keys = list(dict.fromkeys(history[hue]))
+    colours = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
+    losses: dict[str, list[tuple[Any, str]]] = {}  # objective → (hue value, column)
+    for key in keys:
+        for term, what in ((terms or {}).get(key) or {"loss": "training loss"}).items():
+            column = f"loss_{term}" if term != "loss" and f"loss_{term}" in history else \
+                "train_loss"
+            losses.setdefault(what, []).append((key, column))
+    loss_panels = [(f"train: {what}", runs) for what, runs in losses.items()]
+    score_panels = [("test Score (%)", [(k, "test_score") for k in keys])]
     if "val_score" in history and history["val_score"].notna().any():
-        panels.append(("val_score", "validation Score (%)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), sharex=True)
-    for ax, (column, title) in zip(np.atleast_1d(axes), panels, strict=True):
-        for i, (key, part) in enumerate(history.groupby(hue, sort=False)):
-            stats = part.groupby("epoch")[column].agg(["mean", "min", "max"])
-            colour = PALETTE[i % len(PALETTE)]
-            name = (labels or {}).get(key, method_label(str(key)))
-            ax.plot(stats.index, stats["mean"], color=colour, label=name, lw=1.6)
-            if part["seed"].nunique() > 1:
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=colour,
-                                alpha=0.15, lw=0)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if column != "train_loss":
-            ax.axhline(50, color="grey", lw=0.8, ls=":")
-    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4),
-               frameon=False)
+        score_panels.append(("validation Score (%)", [(k, "val_score") for k in keys]))
+    rows = [loss_panels + score_panels] if len(loss_panels) + len(score_panels) <= 3 else \
+        [loss_panels, score_panels]
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.9 * ncols, 3.2 * len(rows)),
+                             sharex=True, squeeze=False)
+    for r, row in enumerate(rows):
+        for ax in axes[r, len(row):]:
+            ax.set_visible(False)
+        for ax, (title, runs) in zip(axes[r], row, strict=False):
+            for key, column in runs:
+                part = history[history[hue] == key]
+                stats = part.groupby("epoch")[column].agg(["mean", "min", "max"])
+                name = (labels or {}).get(key, method_label(str(key)))
+                ax.plot(stats.index, stats["mean"], color=colours[key], label=name, lw=1.6)
+                if part["seed"].nunique() > 1:
+                    ax.fill_between(stats.index, stats["min"], stats["max"],
+                                    color=colours[key], alpha=0.15, lw=0)
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if "Score" in title:
+                ax.axhline(50, color="grey", lw=0.8, ls=":")
+    legend = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncols=min(len(legend), 4), frameon=False)
     return fig
 
 

@@ -4,7 +4,7 @@ Every file a notebook writes is named after it (``figures/02_baselines-curves.pn
 ``results/02_baselines-scores.csv`` + ``.md``) and recorded in ``results/manifest.json`` with
 the notebook, profile, data, weights and seeds that produced it; ``results/README.md`` is
 regenerated from that manifest after every write, so it always describes the files on disk.
-The paper's reference numbers (PAPER.md §1) live here too, as data.
+The paper's reference numbers live here too, as data.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any
 import pandas as pd
 
 from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
-from patchmix.experiment import NOTEBOOK_RUNS, no_spec_augment_label
+from patchmix.experiment import NOTEBOOK_RUNS
 from patchmix.methods import get_method, method_names, method_with_role
 
 NOTEBOOKS: tuple[str, ...] = tuple(NOTEBOOK_RUNS)  # the notebooks/ files, in reading order
 INDEX_FILES: tuple[str, ...] = ("README.md", "manifest.json")  # in results/, not per notebook
 
-# PAPER.md §1: 4-class ICBHI official split, best-test-epoch protocol, in %. The paper's own
-# rows come from the official scripts (seed 1); the other rows are as the paper cites them.
+# The paper's table (docs/evaluation.md#the-published-numbers): 4-class ICBHI official split,
+# best-test-epoch protocol, in %. The paper's own rows come from the official scripts (seed 1);
+# the other rows are as the paper cites them.
 _NAN = float("nan")
 PAPER_TABLE = pd.DataFrame([
     {"method": "AST fine-tuning (ImageNet + AudioSet)", "sp": 77.14, "se": 41.97, "score": 59.55,
@@ -169,47 +170,93 @@ def results_readme(manifest: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roles(summary: pd.DataFrame, protocol: str = "last") -> dict[str, str]:
+    """How the comparison tables name the part each method plays (method name → words).
+
+    The paper's baseline (the official fine-tuning, class-weighted CE) and plain CE are both
+    fine-tuning; whichever scores higher under `protocol` in `summary` is also called the
+    stronger baseline, so the label follows the numbers of the run it describes.
+    """
+    paper, plain = method_with_role("paper_baseline"), method_with_role("reference")
+    words = {paper.name: "the paper's baseline", plain.name: "plain CE",
+             method_with_role("proposed").name: "the paper's method"}
+    last = summary[summary["protocol"] == protocol].set_index("method")["score_mean"]
+    if paper.name in last and plain.name in last:
+        stronger = paper.name if last[paper.name] >= last[plain.name] else plain.name
+        words[stronger] += ", the stronger baseline"
+    return words
+
+
+_PAPER_ROLES = ("the paper's baseline", "the paper's method")  # PAPER_TABLE's first two rows
+_METRICS = ("sp", "se", "score")
+
+
 def paper_comparison(summary: pd.DataFrame, *, data: str, weights: str,
                      labels: dict[str, str] | None = None,
-                     protocols: tuple[str, ...] = ("best_test", "last", "val")) -> pd.DataFrame:
-    """The paper's Table-1 rows (PAPER.md §1) above this run's, one row per method × protocol.
+                     protocols: tuple[str, ...] = ("best_test", "last", "val"),
+                     intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's Table-1 rows above this run's, one row per method × protocol.
 
     `summary` is `patchmix.experiment.aggregate` output; `labels` names its methods (default:
-    the method registry's labels). Columns: ``source, method, protocol, sp, sp_sd, se, se_sd,
-    score, score_sd, seeds, data, weights``; the paper's rows are its published
-    best-test-epoch numbers on ICBHI (sd not reported).
+    the method registry's labels); `intervals` (`patchmix.experiment.bootstrap_intervals`, any
+    protocols) adds each row's 95 % patient-bootstrap interval. Columns: ``source, method,
+    compared_as`` (`roles`), ``protocol, sp, sp_sd, se, se_sd, score, score_sd, sp_lo, sp_hi,
+    se_lo, se_hi, score_lo, score_hi, seeds, data, weights``; the paper's rows are its
+    published best-test-epoch numbers on ICBHI (no sd or interval reported).
     """
-    paper = PAPER_TABLE.assign(source="paper", protocol="best_test", sp_sd=_NAN, se_sd=_NAN,
-                               score_sd=_NAN, data="ICBHI 2017 (published)")
+    paper = PAPER_TABLE.assign(source="paper", protocol="best_test", data="ICBHI 2017 (published)",
+                               compared_as=[*_PAPER_ROLES, *[""] * (len(PAPER_TABLE) - 2)])
     ours = summary[summary["protocol"].isin(protocols)].rename(columns={
         "sp_mean": "sp", "se_mean": "se", "score_mean": "score"})
+    if intervals is not None:
+        ours = ours.merge(intervals.drop(columns="n_valid", errors="ignore"),
+                          on=["method", "protocol"], how="left")
+    parts = roles(summary)
     ours = ours.assign(source="this run", data=data, weights=weights,
+                       compared_as=[parts.get(m, "") for m in ours["method"]],
                        method=[(labels or {}).get(m) or method_label(m) for m in ours["method"]])
-    columns = ["source", "method", "protocol", "sp", "sp_sd", "se", "se_sd", "score", "score_sd",
-               "seeds", "data", "weights"]
-    table = pd.concat([paper[columns], ours[columns]], ignore_index=True)
+    bounds = [f"{m}_{end}" for m in _METRICS for end in ("lo", "hi")]
+    columns = ["source", "method", "compared_as", "protocol", "sp", "sp_sd", "se", "se_sd",
+               "score", "score_sd", *bounds, "seeds", "data", "weights"]
+    table = pd.concat([paper, ours], ignore_index=True).reindex(columns=columns)
     table["seeds"] = ["–" if n != n else str(int(n)) for n in table["seeds"]]  # not "2.00"
     return table
 
 
-def with_sd(frame: pd.DataFrame, metrics: tuple[str, ...] = ("sp", "se", "score")) -> pd.DataFrame:
-    """`frame` with each metric (``sp`` or ``sp_mean``) and its ``sp_sd`` merged into one
-    ``"61.20 ± 1.30"`` string column named after the metric."""
+def with_sd(frame: pd.DataFrame, metrics: tuple[str, ...] = _METRICS) -> pd.DataFrame:
+    """`frame` with each metric (``sp`` or ``sp_mean``), its ``sp_sd`` and, when present, its
+    interval ``sp_lo``/``sp_hi`` merged into one ``"61.20 ± 1.30 [58.4, 63.9]"`` string column
+    named after the metric."""
     out = frame.copy()
     for m in metrics:
         sd = out.pop(f"{m}_sd")
         mean = out.pop(f"{m}_mean") if f"{m}_mean" in out else out[m]
+        lo, hi = (out.pop(f"{m}_{end}") if f"{m}_{end}" in out else [_NAN] * len(out)
+                  for end in ("lo", "hi"))
         out[m] = [("–" if v != v else f"{v:.2f}") + ("" if s != s else f" ± {s:.2f}")
-                  for v, s in zip(mean, sd, strict=True)]
+                  + ("" if a != a else f" [{a:.1f}, {b:.1f}]")
+                  for v, s, a, b in zip(mean, sd, lo, hi, strict=True)]
     return out
 
 
-def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: str) -> str:
+def _interval(intervals: pd.DataFrame | None, method: str, protocol: str) -> str:
+    """`` (95 % CI 58.1–66.0)`` for a method's Score, or nothing without an interval."""
+    if intervals is None:
+        return ""
+    rows = intervals[(intervals["method"] == method) & (intervals["protocol"] == protocol)]
+    if not len(rows) or rows["score_lo"].iloc[0] != rows["score_lo"].iloc[0]:
+        return ""
+    return f" (95 % CI {rows['score_lo'].iloc[0]:.1f}–{rows['score_hi'].iloc[0]:.1f})"
+
+
+def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: str,
+            intervals: pd.DataFrame | None = None) -> str:
     """A plain-language reading of `aggregate` output: what this run shows and does not.
 
-    Compares the paper's method with its reference (roles ``proposed`` and ``reference`` of the
-    method registry) under the last-epoch protocol against the seeds' spread, and measures what
-    choosing the epoch on the test set adds.
+    Compares the paper's method (role ``proposed``) under the last-epoch protocol with the
+    paper's baseline (``paper_baseline``) and with plain CE (``reference``), against the seeds'
+    spread and, with `intervals` (`patchmix.experiment.bootstrap_intervals`), beside each
+    Score's patient-bootstrap interval; and measures what choosing the epoch on the test set adds.
     """
     def get(method: str, protocol: str) -> pd.Series | None:
         rows = summary[(summary["method"] == method) & (summary["protocol"] == protocol)]
@@ -223,9 +270,14 @@ def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: st
             f"- **These are not ICBHI numbers.** This run used {source} and {init}"
             f" model (profile `{profile}`). The paper's rows are shown as the reference they"
             " are not meant to match.")
-    proposed, reference = method_with_role("proposed"), method_with_role("reference")
-    cl, ce = get(proposed.name, "last"), get(reference.name, "last")
-    if cl is not None and ce is not None:
+    proposed = method_with_role("proposed")
+    cl = get(proposed.name, "last")
+    parts = roles(summary)
+    for role in ("paper_baseline", "reference"):
+        other = method_with_role(role)
+        ce = get(other.name, "last")
+        if cl is None or ce is None:
+            continue
         diff = cl["score_mean"] - ce["score_mean"]
         spread = max(cl["score_sd"], ce["score_sd"])
         if spread != spread:
@@ -234,9 +286,15 @@ def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: st
             judged = f"more than twice the larger seed sd ({spread:.2f})"
         else:
             judged = f"within about two seed sds ({spread:.2f}): not evidence either way"
-        other = reference.label[:1].lower() + reference.label[1:]  # mid-sentence
-        lines.append(f"- Last epoch: {proposed.label} scores {cl['score_mean']:.2f} and {other} "
-                     f"{ce['score_mean']:.2f}, a difference of {diff:+.2f} points, {judged}.")
+        lines.append(
+            f"- Last epoch, against {parts[other.name]} ({other.short}): {proposed.label} scores "
+            f"{cl['score_mean']:.2f}{_interval(intervals, proposed.name, 'last')} and "
+            f"{other.short} {ce['score_mean']:.2f}{_interval(intervals, other.name, 'last')}, "
+            f"a difference of {diff:+.2f} points, {judged}.")
+    if intervals is not None and cl is not None:
+        lines.append("- The intervals resample the test patients (1,000 draws, the seeds' mean "
+                     "each time): how far a Score could move with other patients, on top of "
+                     "the seed spread above.")
     best = get(proposed.name, "best_test")
     if best is not None and cl is not None:
         lines.append(f"- Choosing the epoch on the test set (the published protocol) adds "
@@ -248,19 +306,30 @@ def verdict(summary: pd.DataFrame, *, synthetic: bool, weights: str, profile: st
     return "\n".join(lines)
 
 
+def _provenance(data: str, weights: str) -> str:
+    """A table1 row's data and weights in the words of the README's key table."""
+    if data.startswith("ICBHI 2017 (published)"):
+        return f"ICBHI 2017, {weights} pretrained"
+    kind = "synthetic data" if "synthetic" in data else "ICBHI 2017"
+    return f"{kind}, trained from scratch" if weights == "none" else f"{kind}, {weights} weights"
+
+
 def readme_table(table1_csv: str | Path) -> str:
     """The key table the README shows, cut from ``results/05_paper_tables-table1.csv``.
 
-    The paper's two AST rows and this run's CE, CE without SpecAugment and Patch-Mix CL under
-    the published and the last-epoch protocols, as Markdown; a test keeps the README's copy equal
-    to it, so the README never shows numbers the last `make reproduce` did not produce.
+    The paper's two AST rows, then this run's paper baseline (weighted CE), plain CE and
+    Patch-Mix CL under the published and the last-epoch protocols, each saying on which data
+    and weights it was obtained, as Markdown; a test keeps the README's copy equal to it, so the
+    README never shows numbers the last `make reproduce` did not produce.
     """
-    reference, proposed = method_with_role("reference"), method_with_role("proposed")
-    methods = [*PAPER_TABLE["method"][:2], reference.label, no_spec_augment_label(reference),
-               proposed.label]
+    ours = [method_with_role(r).label for r in ("paper_baseline", "reference", "proposed")]
     table = pd.read_csv(table1_csv, keep_default_na=True)
-    keep = table["method"].isin(methods) & table["protocol"].isin(
-        ["best_test", "last"])
-    shown = with_sd(table[keep])[["source", "method", "protocol", "sp", "se", "score", "seeds"]]
+    keep = (table["method"].isin([*PAPER_TABLE["method"][:2], *ours])
+            & table["protocol"].isin(["best_test", "last"]))
+    shown = with_sd(table[keep])
+    shown["data"] = [_provenance(d, w) for d, w in zip(shown["data"], shown["weights"],
+                                                       strict=True)]
+    shown["compared_as"] = shown["compared_as"].fillna("")
     shown["seeds"] = shown["seeds"].astype(str)  # "–" or a count, as paper_comparison wrote
-    return markdown_table(shown)
+    return markdown_table(shown[["source", "data", "method", "compared_as", "protocol", "sp",
+                                 "se", "score", "seeds"]])

@@ -19,9 +19,11 @@ from patchmix.config import ExperimentConfig
 from patchmix.distributed import Dist
 from patchmix.model import AST
 
-ROLES: tuple[str, ...] = ("reference", "proposed")
-"""``reference``: the fine-tuning the paper's method is compared with; ``proposed``: the paper's
-method. Each role belongs to at most one registered method."""
+ROLES: tuple[str, ...] = ("paper_baseline", "reference", "proposed")
+"""``paper_baseline``: the fine-tuning the paper's table reports (the official scripts'
+class-weighted CE); ``reference``: plain fine-tuning, which the notebooks' curves and feature
+spaces put beside the paper's method; ``proposed``: the paper's method. Each role belongs to at
+most one registered method."""
 
 
 class Net:
@@ -101,6 +103,9 @@ class Method(nn.Module):
     role: ClassVar[str | None] = None  # one of ROLES, or None
     # True: SpecAugment on every training batch whatever method.spec_augment says
     always_spec_augment: ClassVar[bool] = False
+    # what each term of `loss` is: figures put two methods' terms on one axis only when
+    # these say they are the same objective
+    terms: ClassVar[dict[str, str]] = {"cross_entropy": "cross-entropy"}
 
     def __init__(self, cfg: ExperimentConfig, train_labels: np.ndarray) -> None:
         """`cfg` is the run's configuration, `train_labels` (n,) the training cycles' labels."""

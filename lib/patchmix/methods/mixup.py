@@ -14,6 +14,8 @@ class Mixup(Method):
     """Blend each fbank with a partner's, x̃ = λ·x + (1−λ)·x[index], and score the blend
     against both labels in proportion λ."""
 
+    terms = {"cross_entropy": "mixed-label cross-entropy"}
+
     def loss(self, net: Net, x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, Tensor]:
         lam = sample_lambda(self.cfg.mix_beta, g)  # λ ~ Beta(β, β)
         mixed, y_a, y_b, _ = mixup(x, y, lam, g)  # a random partner per sample

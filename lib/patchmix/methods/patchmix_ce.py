@@ -16,6 +16,8 @@ class PatchMixCE(Method):
     """Mix patch embeddings across the batch (Patch-Mix) and classify the mixed samples with
     a cross-entropy against both labels, λ·CE(y) + (1−λ)·CE(y[index])."""
 
+    terms = {"cross_entropy": "mixed-label cross-entropy"}
+
     def loss(self, net: Net, x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, Tensor]:
         m = self.cfg
         lam = sample_lambda(m.mix_beta, g)  # λ ~ Beta(β, β)

@@ -24,6 +24,8 @@ from patchmix.patchmix import patch_mix
 class PatchMixCL(Method):
     """Patch-Mix contrastive learning, with a projector h of its own (trained with the model)."""
 
+    terms = {"cross_entropy": "cross-entropy", "contrastive": "α · contrastive loss"}
+
     def __init__(self, cfg: ExperimentConfig, train_labels: np.ndarray) -> None:
         super().__init__(cfg, train_labels)
         self.projector = Projector(cfg.model.embed_dim)  # h: Linear, BatchNorm, ReLU, Linear

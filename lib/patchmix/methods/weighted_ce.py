@@ -13,10 +13,12 @@ from patchmix.methods.base import Method, Net, register_method
 
 
 @register_method("weighted_ce", label="Fine-tuning (weighted CE)", short="weighted CE",
-                 baseline=True)
+                 baseline=True, role="paper_baseline")
 class WeightedCrossEntropy(Method):
     """Cross-entropy with class weights w_c ∝ 1 / n_c over the training cycles (normalised to
     sum 1), so that the rare classes weigh as much as the common ones in total."""
+
+    terms = {"cross_entropy": "class-weighted cross-entropy"}
 
     def __init__(self, cfg: ExperimentConfig, train_labels: np.ndarray) -> None:
         super().__init__(cfg, train_labels)
