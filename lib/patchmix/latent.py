@@ -145,7 +145,12 @@ def mix_alignment(enc: Encoded) -> float:
     The Patch-Mix CL loss asks a mixed feature to resemble its two sources in proportion λ;
     pairs where a sample drew itself as partner, or λ = 0.5 exactly, are left out.
     """
-    sims = mix_similarity(enc)
+    return closer_share(mix_similarity(enc))
+
+
+def closer_share(sims: pd.DataFrame) -> float:
+    """`mix_alignment` of a `mix_similarity` table: % of rows (λ ≠ 0.5) whose mixed feature
+    is nearer its dominant source; NaN without such a row."""
     sims = sims[sims["lam"] != 0.5]
     if sims.empty:
         return float("nan")
@@ -257,10 +262,8 @@ def lambda_similarity_figure(panels: Mapping[str, pd.DataFrame], *,
                     ls="--", lw=1.2, label=f"loss optimum, τ = {temperatures[title]:g}")
         ax.axhline(0, color="grey", lw=0.8, ls=":")
         ax.axvline(0.5, color="grey", lw=0.8, ls=":")
-        closer = np.where(sims["lam"] > 0.5, sims["difference"] > 0, sims["difference"] < 0)
-        closer = closer[sims["lam"].to_numpy() != 0.5]
         ax.text(0.03, 0.97, f"ρ = {lambda_correlation(sims):.2f}\n"
-                f"{100 * closer.mean() if len(closer) else float('nan'):.0f} % nearer the "
+                f"{closer_share(sims):.0f} % nearer the "
                 f"dominant source\n{len(sims)} mixed samples", transform=ax.transAxes,
                 va="top", fontsize=8)
         ax.set_title(title, fontsize=10)

@@ -11,7 +11,6 @@ The figure functions draw them in the style of `patchmix.plots`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,7 +25,6 @@ from patchmix.losses import Projector, contrastive_rows, contrastive_target
 from patchmix.model import AST
 from patchmix.patchmix import patch_mix
 from patchmix.plots import CLASS_COLORS, PALETTE
-from patchmix.train import read_checkpoint
 
 SOURCE_COLORS = (PALETTE[0], PALETTE[1])  # source A, source B
 
@@ -143,20 +141,6 @@ class LossAnatomy:
     labels: np.ndarray  # (B,) class ids
     lam: float
     temperature: float
-
-
-def trained_projector(run_dir: str | Path, cfg: ModelConfig) -> Projector:
-    """The projector h of a finished Patch-Mix CL run, from its ``last.pt`` (`final.pt` holds
-    the model only; the method's own modules are kept with the resume state)."""
-    path = Path(run_dir) / "last.pt"
-    saved = read_checkpoint(path, ("state",), "resume checkpoint (last.pt)")
-    state = {k.removeprefix("projector."): v for k, v in saved["state"]["method"].items()
-             if k.startswith("projector.")}
-    if not state:
-        raise ValueError(f"{path}: this run has no projector (not a Patch-Mix CL run)")
-    projector = Projector(cfg.embed_dim)
-    projector.load_state_dict(state)
-    return projector.eval()
 
 
 @torch.inference_mode()
