@@ -133,6 +133,9 @@ def test_lambda_and_umap_figures_draw_what_they_say():
     mixed_panel = fig.axes[2]
     assert len(mixed_panel.lines) == 2 * len(joined)  # a solid and a dashed line per sample
     assert sum(line.get_linestyle() == "--" for line in mixed_panel.lines) == len(joined)
+    legend = [t.get_text() for t in mixed_panel.get_legend().get_texts()]
+    assert {"joined mixed sample (λ beside)", "→ own source (share λ)",
+            "→ partner (share 1 − λ)"} <= set(legend)
     plt.close(fig)
 
 

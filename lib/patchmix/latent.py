@@ -339,9 +339,11 @@ def umap_figure(maps: Mapping[str, tuple[np.ndarray, Encoded]], classes: Sequenc
             ax.annotate(f"{enc.lam[i]:.2f}", m, xytext=(3, 3), textcoords="offset points",
                         fontsize=7)
         handles, names = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="black", lw=0.7, marker="o", mfc="none"),
+        handles += [Line2D([], [], color="black", lw=0, marker="*"),
+                    Line2D([], [], color="black", lw=0.7, marker="o", mfc="none"),
                     Line2D([], [], color="black", lw=0.7, ls="--", marker="s", mfc="none")]
-        names += ["→ own source (share λ)", "→ partner (share 1 − λ)"]
+        names += ["joined mixed sample (λ beside)", "→ own source (share λ)",
+                  "→ partner (share 1 − λ)"]
         ax.legend(handles, names, frameon=False, fontsize=8, markerscale=1.5,
                   loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the panel is busy
     return fig
