@@ -41,10 +41,12 @@ def test_outputs_names_records_and_indexes_every_file(tmp_path):
                   context={"profile": "demo", "data": "synthetic", "seeds": "1, 2"})
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    png = out.figure(fig, "curves", "a curve")
+    assert out.figure(fig, "curves", "a curve") is None  # a cell ending with it shows no path
     plt.close(fig)
-    csv = out.table(pd.DataFrame({"method": ["ce"], "score": [61.234]}), "scores", "scores")
-    assert png.name == "02_baselines-curves.png" and png.read_bytes()[:4] == b"\x89PNG"
+    out.table(pd.DataFrame({"method": ["ce"], "score": [61.234]}), "scores", "scores")
+    png = tmp_path / "f" / "02_baselines-curves.png"
+    csv = tmp_path / "r" / "02_baselines-scores.csv"
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert pd.read_csv(csv)["score"].item() == pytest.approx(61.234)
     md = csv.with_suffix(".md").read_text()
     assert "profile demo · data synthetic · seeds 1, 2" in md and "| ce | 61.2 |" in md

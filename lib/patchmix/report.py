@@ -94,16 +94,18 @@ class Outputs:
             raise ValueError(f"output name {stem!r}: use lower-case letters, digits and _")
         return f"{self.notebook}-{stem}{suffix}"
 
-    def figure(self, fig: Any, stem: str, description: str) -> Path:
-        """Save a matplotlib figure as ``figures/<notebook>-<stem>.png`` (atomically)."""
+    def figure(self, fig: Any, stem: str, description: str) -> None:
+        """Save a matplotlib figure as ``figures/<notebook>-<stem>.png`` (atomically).
+
+        Returns nothing, so that a notebook cell ending with this call shows the figure alone
+        (the file is listed in the results index)."""
         path = self.figures_dir / self._name(stem, ".png")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
         self._record(path, description)
-        return path
 
     def table(self, frame: pd.DataFrame, stem: str, description: str, *,
-              floatfmt: str = ".1f") -> Path:
+              floatfmt: str = ".1f") -> None:
         """Write ``results/<notebook>-<stem>.csv`` (tidy, full precision) and a ``.md`` twin.
 
         The Markdown copy rounds numbers and opens with a line stating the context.
@@ -116,14 +118,12 @@ class Outputs:
                           f"{markdown_table(frame, floatfmt)}\n")
         self._record(csv, description)
         self._record(md, description + " (Markdown)")
-        return csv
 
-    def text(self, markdown: str, stem: str, description: str) -> Path:
+    def text(self, markdown: str, stem: str, description: str) -> None:
         """Write Markdown prose as ``results/<notebook>-<stem>.md``, context line on top."""
         path = self.results_dir / self._name(stem, ".md")
         write_text_atomic(path, f"{description}\n\n{self.context_line()}\n\n{markdown}\n")
         self._record(path, description)
-        return path
 
     def context_line(self) -> str:
         """``profile demo · data synthetic (…) · weights none · seeds 1, 2`` for table headers."""
