@@ -201,5 +201,6 @@ def anatomy_figure(an: LossAnatomy) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("loss of row i")
     ax.set_title(f"per-row loss · L_CL = mean = {an.per_row.mean():.3f}", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    # below the axis: inside, it covered the bottom row's bar
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     return fig
