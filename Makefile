@@ -19,6 +19,9 @@ ICBHI_ROOT ?=
 WEIGHTS ?=
 # seeds per method in the notebooks; empty → each notebook's default
 SEEDS ?=
+# Only the default run (demo profile, synthetic data, each notebook's seeds) rewrites the
+# committed figures/ and results/; any other lands in out/<profile>/ (override: OUTPUTS=dir).
+OUTPUTS ?= $(if $(ICBHI_ROOT)$(WEIGHTS)$(SEEDS)$(filter-out demo,$(PROFILE)),out/$(PROFILE),.)
 SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
 export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
@@ -28,9 +31,11 @@ export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 help:
 	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
 	@echo "                 notebooks 01-05 (PROFILE=demo) -> figures/, results/, out/executed/"
+	@echo "                 (another PROFILE, ICBHI_ROOT, WEIGHTS or SEEDS -> out/PROFILE/)"
 	@echo "                 GPU route: make reproduce PROFILE=paper ICBHI_ROOT=... WEIGHTS=..."
 	@echo "make test        ruff + the whole pytest suite"
-	@echo "make lab         JupyterLab on notebooks/"
+	@echo "make lab         build the data if needed, then JupyterLab on notebooks/"
+	@echo "                 (figures and tables of notebooks run there go to out/scratch/)"
 	@echo "make setup       only create .venv with the pinned dependencies"
 	@echo "make clean       remove generated data, caches and outputs (keeps .venv)"
 
@@ -60,9 +65,10 @@ reproduce: data notebooks
 
 notebooks: setup
 	$(BIN)/python -m patchmix.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
-		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS))
+		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS)) --outputs '$(OUTPUTS)'
 
-lab: setup
+# the notebooks need the data set (and its features) before their first cell runs
+lab: data
 	$(BIN)/jupyter lab notebooks/
 
 # BENCH_ARGS=--quick: the CI-sized run (demo model only)

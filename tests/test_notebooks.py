@@ -135,3 +135,47 @@ def test_readme_key_table_equals_the_committed_results():
     readme = (REPO / "README.md").read_text()
     shown = readme.split("<!-- readme-table:start -->")[1].split("<!-- readme-table:end -->")[0]
     assert shown.strip() == readme_table(table1).strip()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_notebook_run_by_hand_writes_to_scratch(name: str) -> None:
+    """The parameters cell leaves the output folders empty; setup then picks out/scratch/, so
+    running a notebook in JupyterLab or by plain papermill never rewrites figures/ or results/."""
+    declared = papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    assert declared["FIGURES_DIR"]["default"] == '""'
+    assert declared["RESULTS_DIR"]["default"] == '""'
+
+
+def test_setup_without_output_folders_uses_scratch(synth_root, monkeypatch) -> None:
+    from patchmix.notebooks import SCRATCH, setup
+
+    monkeypatch.chdir(REPO)  # setup moves to the repository root; come back afterwards
+    nb = setup("01_data_exploration", profile="smoke", data_root=str(synth_root))
+    assert Path(nb.out.figures_dir) == SCRATCH / "figures"
+    assert Path(nb.out.results_dir) == SCRATCH / "results"
+    assert not SCRATCH.is_absolute()  # under the repository root, which setup moved to
+
+
+def test_the_runner_sends_outputs_where_it_is_told(monkeypatch) -> None:
+    from patchmix import notebooks
+
+    seen = {}
+    monkeypatch.setattr(notebooks, "run_all", lambda params, **kw: seen.update(params) or {})
+    assert notebooks.main(["--profile", "smoke"]) == 0
+    assert (seen["FIGURES_DIR"], seen["RESULTS_DIR"]) == ("out/smoke/figures", "out/smoke/results")
+    assert notebooks.main(["--outputs", "."]) == 0  # what make reproduce passes for demo
+    assert (seen["FIGURES_DIR"], seen["RESULTS_DIR"]) == ("figures", "results")
+
+
+@pytest.mark.parametrize(("args", "outputs"), [
+    ([], "'.'"),  # the default demo run: the committed outputs
+    (["PROFILE=smoke"], "'out/smoke'"),
+    (["SEEDS=3"], "'out/demo'"),
+    (["ICBHI_ROOT=/data/icbhi"], "'out/demo'"),
+])
+def test_make_rewrites_the_committed_outputs_only_for_the_default_run(args, outputs) -> None:
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "-C", str(REPO), "notebooks", *args], check=True,
+                         capture_output=True, text=True, env={**os.environ, "ICBHI_ROOT": ""})
+    assert f"--outputs {outputs}" in dry.stdout

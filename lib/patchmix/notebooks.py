@@ -4,8 +4,10 @@ In a notebook, `setup` turns the parameters cell into everything the notebook wo
 configuration (profile, data folder, weights, overrides, typed knobs), the data set, the seeds,
 the outputs and the runs the notebook needs (`patchmix.experiment.NOTEBOOK_RUNS`).
 
-``python -m patchmix.notebooks --profile demo [--data ROOT] [--weights FILE] [--seeds N]``
-(what ``make reproduce`` runs) executes ``notebooks/01_…`` to ``05_…`` headlessly, keeps the
+``python -m patchmix.notebooks --profile demo [--data ROOT] [--weights FILE] [--seeds N]
+[--outputs DIR]`` (what ``make reproduce`` runs) executes ``notebooks/01_…`` to ``05_…``
+headlessly, writes their figures and tables under ``DIR/figures`` and ``DIR/results`` (default
+``out/<profile>``; ``make reproduce`` passes ``.`` for the committed demo outputs), keeps the
 executed copies and their HTML under ``out/executed/``, and prints (and saves as
 ``timings.json``) the wall time of each notebook. A failing notebook stops the run with its
 error and the path of its executed copy.
@@ -32,6 +34,9 @@ from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycle
 from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
 from patchmix.methods import get_method
 from patchmix.report import NOTEBOOKS, Outputs, project_root
+
+EXECUTED = Path("out/executed")  # executed copies of the notebooks and their HTML
+SCRATCH = Path("out/scratch")  # a notebook's figures and tables unless it is told where
 
 
 @dataclass
@@ -85,8 +90,7 @@ class Notebook:
 
 def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str = "",
           seeds: int = 1, ablation_seeds: int = 1, overrides: str = "",
-          figures_dir: str = "figures", results_dir: str = "results",
-          **knobs: Any) -> Notebook:
+          figures_dir: str = "", results_dir: str = "", **knobs: Any) -> Notebook:
     """A notebook's parameters → its `Notebook`: the one call after the parameters cell.
 
     Moves to the repository root (so ``data/``, ``runs/``, ``figures/`` mean the same under
@@ -95,6 +99,11 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     `KNOBS` with typed values, None keeping the profile's), finds the data set and prepares the
     outputs, whose provenance line it prints. Seeds are 1..`seeds` (1..`ablation_seeds` for
     ablations). Features are loaded when first used (`Notebook.data`).
+
+    Empty `figures_dir` and `results_dir` (the notebooks' defaults) mean the scratch folders
+    ``out/scratch/figures`` and ``out/scratch/results``: a notebook run by hand, in JupyterLab
+    or by papermill, never overwrites the committed ``figures/`` and ``results/``, which only
+    ``make reproduce`` writes (``--outputs .``).
     """
     if name not in NOTEBOOKS:
         raise ValueError(f"unknown notebook {name!r}; one of {', '.join(NOTEBOOKS)}")
@@ -109,15 +118,17 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     dataset = find_dataset(root)
     trains = bool(NOTEBOOK_RUNS[name])
     run_seeds = list(range(1, seeds + 1))
+    figures_dir = figures_dir or str(SCRATCH / "figures")
+    results_dir = results_dir or str(SCRATCH / "results")
     out = Outputs(name, figures_dir, results_dir, context={
         "profile": profile, "data": dataset.describe(root),
         "weights": cfg.model.weights if trains else "–",
         "seeds": ", ".join(map(str, run_seeds)) if trains else "–"})
     print(out.context_line())
+    print(f"figures → {figures_dir}/, tables → {results_dir}/")
     return Notebook(name, cfg, run_seeds, list(range(1, ablation_seeds + 1)), str(root),
                     dataset, out)
 
-EXECUTED = Path("out/executed")
 
 
 def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
@@ -195,11 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default="", help="AudioSet checkpoint for --profile paper")
     parser.add_argument("--seeds", type=_count, default=0, help="seeds per method (0: each "
                         "notebook's default)")
+    parser.add_argument("--outputs", default="", help="folder that receives figures/ and "
+                        "results/ (default out/<profile>; '.' rewrites the repository's own, "
+                        "as make reproduce does for the demo profile)")
     parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
     parser.add_argument("--no-html", action="store_true")
     args = parser.parse_args(argv)
     params: dict[str, Any] = {"PROFILE": args.profile, "DATA_ROOT": args.data,
                               "WEIGHTS": args.weights}
+    outputs = Path(args.outputs or f"out/{args.profile}")
+    params["FIGURES_DIR"] = str(outputs / "figures")
+    params["RESULTS_DIR"] = str(outputs / "results")
     if args.seeds:
         params["SEEDS"] = args.seeds
     names = args.only or NOTEBOOKS
