@@ -81,6 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. epochs=3 train.lr=1e-4")
 
+    plan = commands.add_parser("plan", help="the runs a profile's notebooks need, as commands "
+                                            "(--run: train them on a local pool)")
+    plan.add_argument("--profile", default="demo", help=f"{' | '.join(PROFILES)} (default demo)")
+    plan.add_argument("--data", default="", help="data folder (default $ICBHI_ROOT, else "
+                                                 "data/synthetic)")
+    plan.add_argument("--weights", default="", help="AudioSet checkpoint (profile paper)")
+    plan.add_argument("--seeds", type=int, default=0, help="seeds per method (0: each "
+                                                           "notebook's default)")
+    plan.add_argument("--notebooks", nargs="*", help="only the runs of these notebooks")
+    plan.add_argument("--all", action="store_true", help="list finished runs too")
+    plan.add_argument("--run", action="store_true", help="train the unfinished runs")
+    plan.add_argument("--workers", type=int, default=1, help="runs at once with --run "
+                                                             "(default 1)")
+    plan.add_argument("--threads", type=int, default=0, help="threads per run (default: "
+                                                             "cores ÷ workers)")
+
     evaluate = commands.add_parser("evaluate", help="score a trained checkpoint on the test split")
     evaluate.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
     evaluate.add_argument("--data", help="data folder (default: the run's data.root if it "
@@ -117,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synth(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "predict":
@@ -177,6 +195,32 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"wrote {summary.recordings} synthetic recordings of {summary.patients} patients "
           f"({sum(summary.cycles.values())} cycles) to {args.out} in {summary.seconds:.1f} s")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from patchmix.datasets import load_data
+    from patchmix.experiment import runs_dir
+    from patchmix.plan import jobs, pending, run_local
+    from patchmix.report import NOTEBOOKS, project_root
+
+    if args.workers < 1 or args.threads < 0 or args.seeds < 0:
+        raise ValueError("--workers must be at least 1, --threads and --seeds at least 0")
+    os.chdir(project_root())  # runs/ and data/ mean what they mean to the notebooks
+    plan = jobs(args.profile, data_root=args.data, weights=args.weights, seeds=args.seeds,
+                notebooks=args.notebooks or NOTEBOOKS)
+    data = load_data(plan[0].cfg.data, progress=True) if plan else None  # features once
+    todo = pending(plan, runs_dir(), data) if plan else []
+    shown = plan if args.all else todo
+    print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
+          f"{runs_dir()}/", file=sys.stderr)
+    if not args.run:
+        for job in shown:
+            print(job.command())
+        return 0
+    failed = run_local(todo, workers=args.workers, threads=args.threads or None)
+    for job, code in failed:
+        print(f"error: exit {code}: {job.command()}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _train(args: argparse.Namespace) -> int:

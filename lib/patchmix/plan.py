@@ -1,0 +1,165 @@
+"""The runs a profile's notebooks need, as commands, and a local pool that trains them.
+
+The notebooks train what they need when they first ask (`patchmix.notebooks.Notebook.runs`),
+one run after another. `jobs` lists the same runs up front: for each notebook, its run groups
+(`patchmix.experiment.NOTEBOOK_RUNS`) for its default seeds (read from its parameters cell), one
+job per distinct configuration. Each job is a ``patchmix train`` command line whose overrides
+rebuild exactly that configuration, so it lands in the run cache under the key the notebook
+will look for, whoever runs it: `run_local` on this machine, or any scheduler.
+
+``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from patchmix.config import ExperimentConfig, notebook_config, profile, to_dict
+from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
+from patchmix.report import NOTEBOOKS, project_root
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train: its configuration (seed included) and who needs it."""
+
+    label: str  # how the notebooks name the run's method or variant
+    cfg: ExperimentConfig
+    notebooks: tuple[str, ...]  # the notebooks that read it
+
+    def argv(self) -> list[str]:
+        """``patchmix train`` arguments that rebuild `cfg` from its profile."""
+        return ["train", "--profile", self.cfg.profile, "--quiet",
+                *overrides_between(profile(self.cfg.profile), self.cfg)]
+
+    def command(self) -> str:
+        """The job as a shell command line."""
+        return shlex.join(["patchmix", *self.argv()])
+
+
+def _flat(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def overrides_between(base: ExperimentConfig, cfg: ExperimentConfig) -> list[str]:
+    """``key=value`` items that turn `base` into `cfg` (`patchmix.config.with_overrides`)."""
+    before, after = _flat(base), _flat(cfg)
+    items = []
+    for key, value in after.items():
+        if value != before[key]:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            items.append(f"{key}={text}")
+    return items
+
+
+def notebook_seeds(name: str, notebook_dir: Path | None = None) -> dict[str, int]:
+    """``SEEDS`` and ``ABLATION_SEEDS`` as the notebook's parameters cell sets them (1 where a
+    notebook has no such parameter): the seeds a plain run of it trains."""
+    path = (notebook_dir or project_root() / "notebooks") / f"{name}.ipynb"
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    source = next("".join(c["source"]) for c in cells
+                  if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {"SEEDS": 1, "ABLATION_SEEDS": 1}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in values:
+                values[target.id] = int(ast.literal_eval(node.value))
+    return values
+
+
+def jobs(profile_name: str, *, data_root: str = "", weights: str = "", overrides: str = "",
+         seeds: int = 0, notebooks: Sequence[str] = NOTEBOOKS) -> list[Job]:
+    """Every distinct run the `notebooks` need in `profile_name`, in the order they ask.
+
+    `seeds` > 0 replaces each notebook's ``SEEDS`` (its ``ABLATION_SEEDS`` stay), as
+    ``make reproduce SEEDS=…`` does.
+    """
+    unknown = sorted(set(notebooks) - set(NOTEBOOKS))
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {', '.join(unknown)}")
+    cfg = notebook_config(profile_name, data_root=data_root, weights=weights,
+                          overrides=overrides)
+    found: dict[str, Job] = {}
+    for name in notebooks:
+        counts = notebook_seeds(name)
+        if seeds:
+            counts["SEEDS"] = seeds
+        for planned in planned_runs(NOTEBOOK_RUNS[name], cfg):
+            n = counts["ABLATION_SEEDS" if planned.seeds == "ablation_seeds" else "SEEDS"]
+            for seed in range(1, n + 1):
+                run_cfg = dataclasses.replace(planned.cfg, seed=seed)
+                key = json.dumps(to_dict(run_cfg), sort_keys=True)
+                job = found.get(key)
+                found[key] = Job(planned.label, run_cfg,
+                                 (job.notebooks if job else ()) + (name,))
+    return list(found.values())
+
+
+def pending(plan: Iterable[Job], runs: Path, data: Any) -> list[Job]:
+    """The jobs of `plan` whose run is not finished in the run cache `runs`."""
+    return [j for j in plan if finished(runs / run_key(j.cfg, data)) is None]
+
+
+def run_local(plan: Sequence[Job], *, workers: int, threads: int | None = None,
+              log_dir: Path | None = None) -> list[tuple[Job, int]]:
+    """Train `plan` with up to `workers` ``patchmix train`` processes at once.
+
+    Each process gets `threads` intra-op threads (default: the CPU count ÷ `workers`, at least
+    1) through ``OMP_NUM_THREADS``; its output goes to ``log_dir/<n>.log``. Returns the jobs
+    that failed, with their exit status. A line is printed when each job ends.
+
+    The thread count is not part of a run's cache key, yet CPU kernels split their sums by
+    thread, so a run trained with other threads than a plain ``patchmix train`` on the same
+    machine differs from it in the last bits (unless the profile pins ``train.threads``).
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_dir = log_dir or project_root() / "out" / "plan"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    failed: list[tuple[Job, int]] = []
+    done = 0
+    start = time.perf_counter()
+
+    def train(n: int, job: Job) -> tuple[int, float]:
+        began = time.perf_counter()
+        with open(log_dir / f"{n:03d}.log", "w", encoding="utf-8") as log:
+            log.write(job.command() + "\n")
+            log.flush()
+            code = subprocess.call([sys.executable, "-m", "patchmix", *job.argv()], env=env,
+                                   cwd=project_root(), stdout=log, stderr=subprocess.STDOUT)
+        return code, time.perf_counter() - began
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait on processes
+        futures = {pool.submit(train, n, job): job for n, job in enumerate(plan, 1)}
+        for future in as_completed(futures):
+            job, (code, seconds) = futures[future], future.result()
+            done += 1
+            state = "ok" if code == 0 else f"FAILED (exit {code}, log in {log_dir})"
+            print(f"[{done}/{len(plan)}] {job.label} seed {job.cfg.seed}: {state} in "
+                  f"{seconds:.0f} s ({time.perf_counter() - start:.0f} s so far)", flush=True)
+            if code:
+                failed.append((job, code))
+    return failed
