@@ -76,3 +76,20 @@ def test_plan_lists_commands_and_refuses_bad_counts(synth_root, tmp_path, monkey
     assert f"{len(lines)} runs for the smoke notebooks, {len(lines)} not yet" in out.err
     assert main(["plan", "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_submitit_local_jobs_land_in_the_run_cache(synth_root, tmp_path, monkeypatch, capsys):
+    """The SLURM route through submitit, run by its local executor: same commands, same keys."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
+    args = ["plan", "--profile", "smoke", "--data", str(synth_root), "--notebooks",
+            "04_latent_umap"]
+    assert main([*args, "--submit", str(tmp_path / "jobs"), "--cluster", "local",
+                 "--timeout-min", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("submitted ") == 2 and out.count("done ") == 2
+    plan = jobs("smoke", data_root=str(synth_root), notebooks=["04_latent_umap"])
+    data = load_data(plan[0].cfg.data, progress=False)
+    assert pending(plan, tmp_path / "runs", data) == []  # where the notebooks will look
+    assert main([*args]) == 0 and capsys.readouterr().out == ""  # nothing left to list

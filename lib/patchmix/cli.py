@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default 1)")
     plan.add_argument("--threads", type=int, default=0, help="threads per run (default: "
                                                              "cores ÷ workers)")
+    plan.add_argument("--submit", metavar="FOLDER", help="submit the unfinished runs through "
+                      "submitit (logs in FOLDER) and wait for them")
+    plan.add_argument("--cluster", choices=("slurm", "local"), help="with --submit: where "
+                      "(default: SLURM if sbatch exists, else local processes)")
+    plan.add_argument("--timeout-min", type=int, default=24 * 60,
+                      help="with --submit: time limit per run (minutes)")
+    plan.add_argument("--gpus", type=int, default=0, help="with --submit: GPUs per run")
+    plan.add_argument("--partition", help="with --submit: the SLURM partition")
 
     evaluate = commands.add_parser("evaluate", help="score a trained checkpoint on the test split")
     evaluate.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
@@ -213,6 +221,8 @@ def _plan(args: argparse.Namespace) -> int:
     shown = plan if args.all else todo
     print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
           f"{runs_dir()}/", file=sys.stderr)
+    if args.submit:
+        return _submit(todo, args)
     if not args.run:
         for job in shown:
             print(job.command())
@@ -220,6 +230,29 @@ def _plan(args: argparse.Namespace) -> int:
     failed = run_local(todo, workers=args.workers, threads=args.threads or None)
     for job, code in failed:
         print(f"error: exit {code}: {job.command()}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _submit(todo: list[Any], args: argparse.Namespace) -> int:
+    from patchmix.plan import submit
+
+    parameters: dict[str, Any] = {"timeout_min": args.timeout_min}
+    if args.gpus:
+        parameters["gpus_per_node"] = args.gpus
+    if args.partition:
+        parameters["slurm_partition"] = args.partition
+    submitted = submit(todo, args.submit, cluster=args.cluster, parameters=parameters)
+    failed = 0
+    for job, handle in zip(todo, submitted, strict=True):
+        print(f"submitted {handle.job_id}: {job.command()}", flush=True)
+    for job, handle in zip(todo, submitted, strict=True):
+        try:
+            handle.result()  # waits; raises when the run failed
+            print(f"done {handle.job_id}: {job.label} seed {job.cfg.seed}", flush=True)
+        except Exception as err:  # noqa: BLE001 - submitit's failures come in several types
+            failed += 1
+            last = str(err).strip().splitlines()[-1:] or ["failed"]
+            print(f"error: {handle.job_id} ({job.command()}): {last[0]}", file=sys.stderr)
     return 1 if failed else 0
 
 

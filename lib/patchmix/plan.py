@@ -7,7 +7,9 @@ job per distinct configuration. Each job is a ``patchmix train`` command line wh
 rebuild exactly that configuration, so it lands in the run cache under the key the notebook
 will look for, whoever runs it: `run_local` on this machine, or any scheduler.
 
-``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them.
+``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them here;
+``--submit FOLDER`` sends them to SLURM through submitit (`submit`; ``--cluster local`` runs the
+same jobs as local processes, the route the tests take).
 """
 
 from __future__ import annotations
@@ -163,3 +165,27 @@ def run_local(plan: Sequence[Job], *, workers: int, threads: int | None = None,
             if code:
                 failed.append((job, code))
     return failed
+
+
+def submit(plan: Sequence[Job], folder: str | os.PathLike, *, cluster: str | None = None,
+           parameters: dict[str, Any] | None = None) -> list[Any]:
+    """Submit each job of `plan` as one submitit job; return the submitit jobs.
+
+    `cluster` is submitit's: ``"slurm"``, ``"local"`` (processes on this machine) or None
+    (SLURM where ``sbatch`` exists, else local). `parameters` go to
+    ``executor.update_parameters`` (``timeout_min``, ``gpus_per_node``, ``slurm_partition``,
+    ``cpus_per_task``, …). Each job runs the job's ``patchmix train`` command with this
+    interpreter in the repository root, so it lands in the run cache the notebooks read
+    (``$PATCHMIX_RUNS`` or ``runs/`` there, which must be on a shared file system for SLURM).
+    Logs go to `folder`.
+    """
+    import submitit  # noqa: PLC0415 - optional (the cluster extra)
+    from submitit.helpers import CommandFunction  # noqa: PLC0415
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(name="patchmix", **(parameters or {}))
+    commands = [CommandFunction([sys.executable, "-m", "patchmix", *job.argv()],
+                                cwd=str(project_root()), verbose=False) for job in plan]
+    with executor.batch():  # one array job on SLURM
+        submitted = [executor.submit(command) for command in commands]
+    return submitted
