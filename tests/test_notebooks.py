@@ -179,3 +179,24 @@ def test_make_rewrites_the_committed_outputs_only_for_the_default_run(args, outp
     dry = subprocess.run(["make", "-n", "-C", str(REPO), "notebooks", *args], check=True,
                          capture_output=True, text=True, env={**os.environ, "ICBHI_ROOT": ""})
     assert f"--outputs {outputs}" in dry.stdout
+
+
+def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, tmp_path) -> None:
+    from patchmix.notebooks import readable_copy
+
+    name = "03_patchmix_ablations"
+    first, again = tmp_path / "a" / f"{name}.ipynb", tmp_path / "b" / f"{name}.ipynb"
+    readable_copy(executed["executed"] / f"{name}.ipynb", first)
+    readable_copy(executed["executed"] / f"{name}.ipynb", again)
+    assert first.read_bytes() == again.read_bytes()
+    nb = nbformat.read(first, as_version=4)
+    assert "papermill" not in nb.metadata
+    assert all("papermill" not in c.metadata and "execution" not in c.metadata for c in nb.cells)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the figures stay
+    assert not any(o.output_type == "stream" and o.name == "stderr" for o in outputs)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert [c.id for c in injected] == ["injected-parameters"]
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    up = "](../"  # links out of notebooks/ gain one level from the copy's folder
+    assert f"{up}../docs/method.md)" in text and f"{up}docs/" not in text

@@ -108,7 +108,8 @@ def tracked_files(root: Path = REPO) -> list[str]:
 
 def is_checked(rel: str) -> bool:
     """Whether `dangling_references` reads this file: the README, the docs pages, the library,
-    the benchmark, the tests, the notebooks, the Makefile and pyproject.toml."""
+    the benchmark, the tests, the notebooks (and their executed copies in docs/notebooks/),
+    the Makefile and pyproject.toml."""
     folder, suffix = posixpath.dirname(rel), posixpath.splitext(rel)[1]
     if rel == SELF:
         return False
@@ -117,7 +118,7 @@ def is_checked(rel: str) -> bool:
             or (rel.startswith("lib/") and suffix == ".py")
             or rel.startswith("bench/")
             or (rel.startswith("tests/") and suffix == ".py")
-            or (folder == "notebooks" and suffix == ".ipynb"))
+            or (folder in ("notebooks", "docs/notebooks") and suffix == ".ipynb"))
 
 
 def text_parts(rel: str, text: str) -> Iterator[tuple[str, str]]:

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from patchmix import plots
+from patchmix.atomic import atomic_path
 from patchmix.config import KNOBS, PROFILES, ExperimentConfig, get_value, notebook_config
 from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
 from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
@@ -37,6 +38,7 @@ from patchmix.report import NOTEBOOKS, Outputs, project_root
 
 EXECUTED = Path("out/executed")  # executed copies of the notebooks and their HTML
 SCRATCH = Path("out/scratch")  # a notebook's figures and tables unless it is told where
+READABLE = Path("docs/notebooks")  # the committed demo run's notebooks, with their outputs
 
 
 @dataclass
@@ -164,6 +166,37 @@ def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
     return seconds
 
 
+def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
+    """Write `executed` (a notebook papermill ran) to `target` as a reader should see it.
+
+    Kept: every cell and its outputs (figures, tables, audio players). Dropped: what changes
+    from one run to the next without changing the result, so that the copy is byte-stable:
+    papermill's timings and paths (notebook and cell ``papermill`` metadata), the kernel's
+    execution timestamps, and stderr streams (progress bars, warnings). The injected
+    parameters cell gets a fixed id instead of papermill's random one. Markdown links that
+    leave ``notebooks/`` (those starting with ``../``) are rewritten for a `target` folder
+    `deeper` levels further from the repository root than ``notebooks/`` (1 for
+    ``docs/notebooks/``).
+    """
+    import nbformat  # noqa: PLC0415
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and deeper:  # a link up from notebooks/ needs more ups
+            cell.source = cell.source.replace("](../", "](" + "../" * (deeper + 1))
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.id = "injected-parameters"
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "stream" and o.name == "stderr")]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        nbformat.write(nb, str(tmp))
+
+
 def _to_html(notebook: Path) -> None:
     import nbformat  # noqa: PLC0415
     from nbconvert import HTMLExporter  # noqa: PLC0415
@@ -174,8 +207,11 @@ def _to_html(notebook: Path) -> None:
 
 def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
             root: Path | None = None, executed_dir: Path | None = None,
-            html: bool = True) -> dict[str, float]:
-    """Execute `names` in order; return ``{notebook: seconds}`` (also ``timings.json``)."""
+            html: bool = True, readable_dir: Path | None = None) -> dict[str, float]:
+    """Execute `names` in order; return ``{notebook: seconds}`` (also ``timings.json``).
+
+    With `readable_dir`, each executed notebook is also written there as `readable_copy`
+    (``make reproduce`` keeps the demo run's under ``docs/notebooks/``, in git)."""
     root = root or project_root()
     executed_dir = executed_dir or root / EXECUTED
     timings: dict[str, float] = {}
@@ -184,6 +220,8 @@ def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
         timings[name] = round(execute(name, parameters, notebook_dir=root / "notebooks",
                                       executed_dir=executed_dir, html=html), 1)
         print(f"  {name}: {timings[name]:.0f} s", flush=True)
+        if readable_dir is not None:
+            readable_copy(executed_dir / f"{name}.ipynb", readable_dir / f"{name}.ipynb")
     (executed_dir / "timings.json").write_text(json.dumps(
         {"parameters": parameters, "seconds": timings,
          "total": round(sum(timings.values()), 1)}, indent=2) + "\n")
@@ -225,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown notebook(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
     try:
-        timings = run_all(params, names=names, html=not args.no_html)
+        publishing = outputs == Path(".")  # the committed outputs: their notebooks too
+        timings = run_all(params, names=names, html=not args.no_html,
+                          readable_dir=project_root() / READABLE if publishing else None)
     except RuntimeError as err:  # a notebook failed: its executed copy says where
         print(f"error: {err}", file=sys.stderr)
         return 1
