@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import pytest
 
@@ -10,7 +12,7 @@ from patchmix.cli import build_parser, main
 from patchmix.config import PROFILES, profile, with_overrides
 from patchmix.datasets import load_data
 from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
-from patchmix.plan import jobs, notebook_seeds, overrides_between, pending, run_local
+from patchmix.plan import compare, jobs, notebook_seeds, overrides_between, pending, run_local
 from patchmix.report import NOTEBOOKS
 
 
@@ -63,6 +65,24 @@ def test_a_local_pool_trains_into_the_run_cache_the_notebooks_read(synth_root, t
         assert finished(tmp_path / "runs" / run_key(job.cfg, data)) is not None
     assert "[2/2]" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["001.log", "002.log"]
+
+    # the check a reproduction runs: the same runs elsewhere, one changed, one gone
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "runs", other)
+    assert [r["status"] for r in compare(plan, other, tmp_path / "runs", data)] == ["same"] * 2
+    first, second = (other / run_key(job.cfg, data) for job in plan)
+    lines = (first / "metrics.jsonl").read_text().splitlines()
+    epoch = json.loads(lines[-1])
+    epoch["test_score"] += 1.0
+    (first / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(epoch)]) + "\n")
+    shutil.rmtree(second)
+    rows = compare(plan, other, tmp_path / "runs", data)
+    assert [r["status"] for r in rows] == ["differs", "missing"]
+    assert rows[0]["first_epoch"] == str(len(lines)) and rows[0]["last_score_diff"] == -1.0
+    capsys.readouterr()
+    assert main(["plan", "--profile", "smoke", "--data", str(synth_root), "--notebooks",
+                 "04_latent_umap", "--compare", str(other)]) == 1  # a difference: exit 1
+    assert "| differs |" in capsys.readouterr().out
 
 
 def test_plan_lists_commands_and_refuses_bad_counts(synth_root, tmp_path, monkeypatch, capsys):

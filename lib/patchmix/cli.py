@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default 1)")
     plan.add_argument("--threads", type=int, default=0, help="threads per run (default: "
                                                              "cores ÷ workers)")
+    plan.add_argument("--compare", metavar="RUNS", help="compare each run of the plan in the "
+                      "run cache with the same run in the run cache RUNS (exit 1 on a "
+                      "difference)")
     plan.add_argument("--submit", metavar="FOLDER", help="submit the unfinished runs through "
                       "submitit (logs in FOLDER) and wait for them")
     plan.add_argument("--cluster", choices=("slurm", "local"), help="with --submit: where "
@@ -221,6 +225,8 @@ def _plan(args: argparse.Namespace) -> int:
     shown = plan if args.all else todo
     print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
           f"{runs_dir()}/", file=sys.stderr)
+    if args.compare:
+        return _compare(plan, Path(args.compare), runs_dir(), data)
     if args.submit:
         return _submit(todo, args)
     if not args.run:
@@ -231,6 +237,20 @@ def _plan(args: argparse.Namespace) -> int:
     for job, code in failed:
         print(f"error: exit {code}: {job.command()}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _compare(plan: list[Any], expected: Path, actual: Path, data: Any) -> int:
+    import pandas as pd
+
+    from patchmix.plan import compare
+    from patchmix.report import markdown_table
+
+    rows = compare(plan, expected, actual, data)
+    print(f"# the runs in {actual}/ against those in {expected}/")
+    print(markdown_table(pd.DataFrame(rows), floatfmt=".4f"))
+    same = sum(r["status"] == "same" for r in rows)
+    print(f"{same} of {len(rows)} runs identical to the last bit", file=sys.stderr)
+    return 0 if rows and same == len(rows) else 1
 
 
 def _submit(todo: list[Any], args: argparse.Namespace) -> int:

@@ -189,3 +189,35 @@ def submit(plan: Sequence[Job], folder: str | os.PathLike, *, cluster: str | Non
     with executor.batch():  # one array job on SLURM
         submitted = [executor.submit(command) for command in commands]
     return submitted
+
+
+def _epochs(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> list[dict[str, Any]]:
+    """Each job's run in the run cache `actual` against the same run in `expected`.
+
+    One row per job: ``label``, ``seed``, ``run`` (its key), ``status`` (``same`` when every
+    epoch's metrics are equal to the last bit, ``differs``, or ``missing`` when either cache
+    lacks the finished run), ``first_epoch`` that differs (text, empty when none), and
+    ``last_score_diff``, the change of the last-epoch test Score (actual − expected, points;
+    NaN when missing).
+    """
+    rows = []
+    for job in plan:
+        key = run_key(job.cfg, data)
+        row: dict[str, Any] = {"label": job.label, "seed": job.cfg.seed, "run": key,
+                               "status": "missing", "first_epoch": "",
+                               "last_score_diff": float("nan")}
+        if finished(expected / key) is not None and finished(actual / key) is not None:
+            old, new = _epochs(expected / key), _epochs(actual / key)
+            differing = [n for n, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b]
+            if len(old) != len(new) and not differing:
+                differing = [min(len(old), len(new)) + 1]
+            row["status"] = "differs" if differing else "same"
+            row["first_epoch"] = str(differing[0]) if differing else ""
+            row["last_score_diff"] = new[-1]["test_score"] - old[-1]["test_score"]
+        rows.append(row)
+    return rows
