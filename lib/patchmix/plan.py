@@ -1,4 +1,4 @@
-"""The runs a profile's notebooks need, as commands, and a local pool that trains them.
+"""The runs a profile's notebooks need, as commands: trained here or on a cluster, compared.
 
 The notebooks train what they need when they first ask (`patchmix.notebooks.Notebook.runs`),
 one run after another. `jobs` lists the same runs up front: for each notebook, its run groups
@@ -7,9 +7,10 @@ job per distinct configuration. Each job is a ``patchmix train`` command line wh
 rebuild exactly that configuration, so it lands in the run cache under the key the notebook
 will look for, whoever runs it: `run_local` on this machine, or any scheduler.
 
-``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them here;
-``--submit FOLDER`` sends them to SLURM through submitit (`submit`; ``--cluster local`` runs the
-same jobs as local processes, the route the tests take).
+``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them here
+(`run_local`); ``--submit FOLDER`` sends them to SLURM through submitit (`submit`;
+``--cluster local`` runs the same jobs as local processes, the route the tests take);
+``--compare RUNS`` checks each run against the same run in another run cache (`compare`).
 """
 
 from __future__ import annotations
