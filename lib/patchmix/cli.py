@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="the runs a profile's notebooks need, as commands "
                                             "(--run: train them on a local pool)")
     plan.add_argument("--profile", default="demo", help=f"{' | '.join(PROFILES)} (default demo)")
-    plan.add_argument("--data", default="", help="data folder (default $ICBHI_ROOT, else "
-                                                 "data/synthetic)")
+    plan.add_argument("--data", default="", help="data folder, as the notebooks' DATA_ROOT "
+                      "(default $ICBHI_ROOT, else data/synthetic; relative to the repository)")
     plan.add_argument("--weights", default="", help="AudioSet checkpoint (profile paper)")
     plan.add_argument("--seeds", type=int, default=0, help="seeds per method (0: each "
                                                            "notebook's default)")
@@ -217,7 +217,11 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.threads < 0 or args.seeds < 0:
         raise ValueError("--workers must be at least 1, --threads and --seeds at least 0")
-    os.chdir(project_root())  # runs/ and data/ mean what they mean to the notebooks
+    # the folders named here are the caller's; runs/ and data/ are the repository's, as in
+    # the notebooks (and so is a relative --data, which becomes part of each run's config)
+    compare_to = Path(args.compare).resolve() if args.compare else None
+    logs = Path(args.submit).resolve() if args.submit else None
+    os.chdir(project_root())
     plan = jobs(args.profile, data_root=args.data, weights=args.weights, seeds=args.seeds,
                 notebooks=args.notebooks or NOTEBOOKS)
     data = load_data(plan[0].cfg.data, progress=True) if plan else None  # features once
@@ -225,10 +229,10 @@ def _plan(args: argparse.Namespace) -> int:
     shown = plan if args.all else todo
     print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
           f"{runs_dir()}/", file=sys.stderr)
-    if args.compare:
-        return _compare(plan, Path(args.compare), runs_dir(), data)
-    if args.submit:
-        return _submit(todo, args)
+    if compare_to:
+        return _compare(plan, compare_to, runs_dir(), data)
+    if logs:
+        return _submit(todo, logs, args)
     if not args.run:
         for job in shown:
             print(job.command())
@@ -253,7 +257,7 @@ def _compare(plan: list[Any], expected: Path, actual: Path, data: Any) -> int:
     return 0 if rows and same == len(rows) else 1
 
 
-def _submit(todo: list[Any], args: argparse.Namespace) -> int:
+def _submit(todo: list[Any], logs: Path, args: argparse.Namespace) -> int:
     from patchmix.plan import submit
 
     parameters: dict[str, Any] = {"timeout_min": args.timeout_min}
@@ -261,7 +265,7 @@ def _submit(todo: list[Any], args: argparse.Namespace) -> int:
         parameters["gpus_per_node"] = args.gpus
     if args.partition:
         parameters["slurm_partition"] = args.partition
-    submitted = submit(todo, args.submit, cluster=args.cluster, parameters=parameters)
+    submitted = submit(todo, logs, cluster=args.cluster, parameters=parameters)
     failed = 0
     for job, handle in zip(todo, submitted, strict=True):
         print(f"submitted {handle.job_id}: {job.command()}", flush=True)
