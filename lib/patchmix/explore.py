@@ -34,7 +34,7 @@ from patchmix.audio import cut, fix_length, load_wav, prepare_recording, recordi
 from patchmix.config import FeatureConfig
 from patchmix.datasets import CLASSES
 from patchmix.features import fbank
-from patchmix.plots import CLASS_COLORS, DEVICE_COLORS, PALETTE
+from patchmix.plots import CLASS_COLORS, DEVICE_COLORS, PALETTE, mel_ticks
 
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLORS: dict[str, str] = {"train": PALETTE[5], "val": PALETTE[2], "test": PALETTE[4]}
@@ -587,18 +587,6 @@ def spectrogram(waveform: np.ndarray, cfg: FeatureConfig | None = None) -> np.nd
     return fbank(torch.as_tensor(waveform, dtype=torch.float32)[None], cfg)[0].numpy()
 
 
-def _mel_ticks(ax: Axes, cfg: FeatureConfig) -> None:
-    """Label the mel-bin axis in Hz (Kaldi's mel scale, 20 Hz to Nyquist)."""
-    def mel(f: float) -> float:
-        return 1127.0 * math.log(1.0 + f / 700.0)
-    lo, hi = mel(20.0), mel(cfg.sample_rate / 2)
-    step = (hi - lo) / (cfg.n_mels + 1)
-    freqs = [f for f in (100, 500, 1000, 2000, 4000) if f < cfg.sample_rate / 2]
-    ax.set_yticks([(mel(f) - lo) / step - 1 for f in freqs],
-                  [f"{f // 1000}k" if f >= 1000 else str(f) for f in freqs])
-    ax.set_ylabel("frequency (Hz)")
-
-
 def _show_spectrogram(ax: Axes, spec: np.ndarray, cfg: FeatureConfig, vmin: float,
                       vmax: float) -> Any:
     frames = spec.shape[0]
@@ -606,7 +594,7 @@ def _show_spectrogram(ax: Axes, spec: np.ndarray, cfg: FeatureConfig, vmin: floa
                       extent=(0.0, frames * cfg.frame_shift_ms / 1000, 0, spec.shape[1]))
     ax.grid(False)
     ax.set_xlabel("time (s)")
-    _mel_ticks(ax, cfg)
+    mel_ticks(ax, cfg)
     return image
 
 

@@ -7,6 +7,7 @@ never save it: `patchmix.report.Outputs.figure` does that.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from patchmix.config import FeatureConfig
 from patchmix.datasets import CLASSES
 from patchmix.report import method_label
 
@@ -224,3 +226,16 @@ def ablation_panels(table: pd.DataFrame, *, metric: str = "score",
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=len(protocols), frameon=False)
     return fig
+
+
+def mel_ticks(ax: Any, cfg: FeatureConfig) -> None:
+    """Label the y axis of a fbank image (mel bins) in Hz: Kaldi's mel scale, 20 Hz to
+    Nyquist, as `patchmix.features` computes it."""
+    def mel(f: float) -> float:
+        return 1127.0 * math.log(1.0 + f / 700.0)
+    lo, hi = mel(20.0), mel(cfg.sample_rate / 2)
+    step = (hi - lo) / (cfg.n_mels + 1)
+    freqs = [f for f in (100, 500, 1000, 2000, 4000) if f < cfg.sample_rate / 2]
+    ax.set_yticks([(mel(f) - lo) / step - 1 for f in freqs],
+                  [f"{f // 1000}k" if f >= 1000 else str(f) for f in freqs])
+    ax.set_ylabel("frequency (Hz)")

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from patchmix.config import FeatureConfig, ModelConfig
-from patchmix.explore import _mel_ticks
 from patchmix.model import AST, N_PREFIX
+from patchmix.plots import mel_ticks
 
 
 @torch.inference_mode()
@@ -147,7 +147,7 @@ def rollout_figure(fbanks: np.ndarray, rollouts: Mapping[str, np.ndarray],
             ax.set_xlim(0, frames * step_s)
             ax.set_ylim(0, mels)
             ax.grid(False)
-            _mel_ticks(ax, feature_cfg)
+            mel_ticks(ax, feature_cfg)
             if col:
                 ax.set_ylabel("")
         axes[-1, col].set_xlabel("time (s)")
