@@ -58,6 +58,15 @@ def test_every_method_trains_and_records_all_protocols(smoke_data, tmp_path, met
     assert len(preds) == 1 + int((data.cycles.split == "test").sum())
 
 
+def test_training_progress_goes_to_stderr(smoke_data, tmp_path, capsys):
+    """Bars and epoch lines alike: a notebook's stdout is then the same whether its runs were
+    trained or read from the cache (the readable copies drop stderr)."""
+    cfg, data = smoke_data
+    fit(with_overrides(cfg, ["epochs=1"]), data, tmp_path, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "epoch   1  loss" in err
+
+
 def test_same_seed_same_metrics_and_resume_equals_uninterrupted(smoke_data, tmp_path):
     cfg, data = smoke_data
     cfg = with_overrides(cfg, ["epochs=3", "method.name=patchmix_cl"])

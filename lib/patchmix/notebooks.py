@@ -172,7 +172,8 @@ def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
     Kept: every cell and its outputs (figures, tables, audio players). Dropped: what changes
     from one run to the next without changing the result, so that the copy is byte-stable:
     papermill's timings and paths (notebook and cell ``papermill`` metadata), the kernel's
-    execution timestamps, and stderr streams (progress bars, warnings). The injected
+    execution timestamps, the Python patch version, and stderr streams (progress bars, the
+    epoch lines of runs that trained, warnings). The injected
     parameters cell gets a fixed id instead of papermill's random one. Markdown links that
     leave ``notebooks/`` (those starting with ``../``) are rewritten for a `target` folder
     `deeper` levels further from the repository root than ``notebooks/`` (1 for
@@ -182,6 +183,7 @@ def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
 
     nb = nbformat.read(executed, as_version=4)
     nb.metadata.pop("papermill", None)
+    nb.metadata.get("language_info", {}).pop("version", None)  # the machine's Python patch
     for cell in nb.cells:
         if cell.cell_type == "markdown" and deeper:  # a link up from notebooks/ needs more ups
             cell.source = cell.source.replace("](../", "](" + "../" * (deeper + 1))

@@ -34,6 +34,7 @@ import json
 import math
 import operator
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -329,9 +330,12 @@ def _fit(cfg: ExperimentConfig, data: Data, out: Path, job: distributed.Dist,
         if writes:
             _write_epoch(out, run, record, chosen, test_rows, probs)
         if progress:
+            # progress, like the bars: on stderr, so a notebook's outputs do not depend on
+            # whether its runs were trained or read from the cache
             tqdm.write(f"epoch {epoch:>3}  loss {entry['train_loss']:.4f}  test Sp "
                        f"{test['sp']:.1f} Se {test['se']:.1f} Score {test['score']:.1f}"
-                       + (f"  val Score {entry['val_score']:.1f}" if len(val_rows) else ""))
+                       + (f"  val Score {entry['val_score']:.1f}" if len(val_rows) else ""),
+                       file=sys.stderr)
         if stop_after_epoch is not None and epoch == stop_after_epoch < cfg.train.epochs:
             job.barrier()  # rank 0's files are written when any rank returns
             return {"finished": False, "epoch": epoch}
