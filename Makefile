@@ -20,7 +20,8 @@ WEIGHTS ?=
 # seeds per method in the notebooks; empty → each notebook's default
 SEEDS ?=
 # Only the default run (demo profile, synthetic data, each notebook's seeds) rewrites the
-# committed figures/ and results/; any other lands in out/<profile>/ (override: OUTPUTS=dir).
+# committed figures/, results/ and docs/notebooks/; any other lands in out/<profile>/
+# (override: OUTPUTS=dir).
 OUTPUTS ?= $(if $(ICBHI_ROOT)$(WEIGHTS)$(SEEDS)$(filter-out demo,$(PROFILE)),out/$(PROFILE),.)
 SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
@@ -30,7 +31,7 @@ export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
 help:
 	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
-	@echo "                 notebooks 01-05 (PROFILE=demo) -> figures/, results/, out/executed/"
+	@echo "                 notebooks 01-05 (PROFILE=demo) -> figures/, results/, docs/notebooks/"
 	@echo "                 (another PROFILE, ICBHI_ROOT, WEIGHTS or SEEDS -> out/PROFILE/)"
 	@echo "                 GPU route: make reproduce PROFILE=paper ICBHI_ROOT=... WEIGHTS=..."
 	@echo "make test        ruff + the whole pytest suite"

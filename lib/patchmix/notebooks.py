@@ -173,11 +173,10 @@ def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
     from one run to the next without changing the result, so that the copy is byte-stable:
     papermill's timings and paths (notebook and cell ``papermill`` metadata), the kernel's
     execution timestamps, the Python patch version, and stderr streams (progress bars, the
-    epoch lines of runs that trained, warnings). The injected
-    parameters cell gets a fixed id instead of papermill's random one. Markdown links that
-    leave ``notebooks/`` (those starting with ``../``) are rewritten for a `target` folder
-    `deeper` levels further from the repository root than ``notebooks/`` (1 for
-    ``docs/notebooks/``).
+    epoch lines of runs that trained, warnings). The injected parameters cell gets a fixed id
+    instead of papermill's random one. Markdown links that leave ``notebooks/`` (those
+    starting with ``../``) are rewritten for a `target` folder `deeper` levels further from
+    the repository root than ``notebooks/`` (1 for ``docs/notebooks/``).
     """
     import nbformat  # noqa: PLC0415
 
