@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from patchmix.cli import build_parser, main
-from patchmix.config import PROFILES, profile, with_overrides
+from patchmix.config import PROFILES, overrides_between, profile, with_overrides
 from patchmix.datasets import load_data
 from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
-from patchmix.plan import compare, jobs, notebook_seeds, overrides_between, pending, run_local
+from patchmix.plan import compare, jobs, notebook_seeds, pending, run_local
 from patchmix.report import NOTEBOOKS
 
 

@@ -430,6 +430,18 @@ def with_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]
     return _replace(cfg, items, _parse)
 
 
+def overrides_between(base: Any, cfg: Any) -> list[str]:
+    """The ``key=value`` items that `with_overrides` turns `base` into `cfg` with (dotted
+    keys, in field order; booleans as ``true``/``false``): the inverse of `with_overrides`."""
+    items = []
+    for path in _field_paths(cfg):
+        key = ".".join(path)
+        value = get_value(cfg, key)
+        if value != get_value(base, key):
+            items.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return items
+
+
 def with_values(cfg: ExperimentConfig, values: dict[str, Any]) -> Any:
     """A copy of `cfg` with typed values (``{"method.temperature": 0.3}``) applied and validated.
 

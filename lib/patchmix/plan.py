@@ -15,7 +15,6 @@ will look for, whoever runs it: `run_local` on this machine, or any scheduler.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchmix.config import ExperimentConfig, notebook_config, profile, to_dict
+from patchmix.config import ExperimentConfig, notebook_config, overrides_between, profile
 from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
 from patchmix.report import NOTEBOOKS, project_root
 
@@ -47,50 +46,24 @@ class Job:
         return ["train", "--profile", self.cfg.profile, "--quiet",
                 *overrides_between(profile(self.cfg.profile), self.cfg)]
 
+    def process(self) -> list[str]:
+        """The command a worker runs: `argv` under this interpreter."""
+        return [sys.executable, "-m", "patchmix", *self.argv()]
+
     def command(self) -> str:
         """The job as a shell command line."""
         return shlex.join(["patchmix", *self.argv()])
 
 
-def _flat(cfg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-
-    walk(to_dict(cfg), "")
-    return out
-
-
-def overrides_between(base: ExperimentConfig, cfg: ExperimentConfig) -> list[str]:
-    """``key=value`` items that turn `base` into `cfg` (`patchmix.config.with_overrides`)."""
-    before, after = _flat(base), _flat(cfg)
-    items = []
-    for key, value in after.items():
-        if value != before[key]:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            items.append(f"{key}={text}")
-    return items
-
-
 def notebook_seeds(name: str, notebook_dir: Path | None = None) -> dict[str, int]:
     """``SEEDS`` and ``ABLATION_SEEDS`` as the notebook's parameters cell sets them (1 where a
     notebook has no such parameter): the seeds a plain run of it trains."""
+    import papermill  # noqa: PLC0415 - the notebooks extra, which make setup installs
+
     path = (notebook_dir or project_root() / "notebooks") / f"{name}.ipynb"
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if "parameters" in c.get("metadata", {}).get("tags", []))
-    values = {"SEEDS": 1, "ABLATION_SEEDS": 1}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name) and target.id in values:
-                values[target.id] = int(ast.literal_eval(node.value))
-    return values
+    declared = papermill.inspect_notebook(str(path))
+    return {p: int(declared[p]["default"]) if p in declared else 1
+            for p in ("SEEDS", "ABLATION_SEEDS")}
 
 
 def jobs(profile_name: str, *, data_root: str = "", weights: str = "", overrides: str = "",
@@ -105,19 +78,17 @@ def jobs(profile_name: str, *, data_root: str = "", weights: str = "", overrides
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}")
     cfg = notebook_config(profile_name, data_root=data_root, weights=weights,
                           overrides=overrides)
-    found: dict[str, Job] = {}
+    found: dict[ExperimentConfig, Job] = {}  # a run two notebooks need is one job
     for name in notebooks:
         counts = notebook_seeds(name)
-        if seeds:
-            counts["SEEDS"] = seeds
+        # the seed lists of `patchmix.notebooks.Notebook.runs`, by `PlannedRun.seeds`
+        seed_lists = {"seeds": range(1, (seeds or counts["SEEDS"]) + 1),
+                      "ablation_seeds": range(1, counts["ABLATION_SEEDS"] + 1)}
         for planned in planned_runs(NOTEBOOK_RUNS[name], cfg):
-            n = counts["ABLATION_SEEDS" if planned.seeds == "ablation_seeds" else "SEEDS"]
-            for seed in range(1, n + 1):
+            for seed in seed_lists[planned.seeds]:
                 run_cfg = dataclasses.replace(planned.cfg, seed=seed)
-                key = json.dumps(to_dict(run_cfg), sort_keys=True)
-                job = found.get(key)
-                found[key] = Job(planned.label, run_cfg,
-                                 (job.notebooks if job else ()) + (name,))
+                earlier = found[run_cfg].notebooks if run_cfg in found else ()
+                found[run_cfg] = Job(planned.label, run_cfg, (*earlier, name))
     return list(found.values())
 
 
@@ -151,7 +122,7 @@ def run_local(plan: Sequence[Job], *, workers: int, threads: int | None = None,
         with open(log_dir / f"{n:03d}.log", "w", encoding="utf-8") as log:
             log.write(job.command() + "\n")
             log.flush()
-            code = subprocess.call([sys.executable, "-m", "patchmix", *job.argv()], env=env,
+            code = subprocess.call(job.process(), env=env,
                                    cwd=project_root(), stdout=log, stderr=subprocess.STDOUT)
         return code, time.perf_counter() - began
 
@@ -185,8 +156,8 @@ def submit(plan: Sequence[Job], folder: str | os.PathLike, *, cluster: str | Non
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(name="patchmix", **(parameters or {}))
-    commands = [CommandFunction([sys.executable, "-m", "patchmix", *job.argv()],
-                                cwd=str(project_root()), verbose=False) for job in plan]
+    commands = [CommandFunction(job.process(), cwd=str(project_root()), verbose=False)
+                for job in plan]
     with executor.batch():  # one array job on SLURM
         submitted = [executor.submit(command) for command in commands]
     return submitted
