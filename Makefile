@@ -1,5 +1,7 @@
 # patchmix: the only entry points a user needs.
-#   make reproduce   set up, build the data, run every notebook (demo profile) → figures/ results/
+#   make reproduce   set up, build the data, train every run, run every notebook (demo profile)
+#                    → figures/ results/ docs/notebooks/, then compare the runs with shipped/
+#   make render      the same outputs from the shipped runs, training nothing (minutes)
 #   make test        the whole test suite (ruff + pytest)
 #   make lab         JupyterLab on the notebooks
 #   make bench       the performance harness → bench/results/<timestamp>.json, latest.json
@@ -27,13 +29,23 @@ SYNTH_DIR  := data/synthetic
 DATA       := $(if $(ICBHI_ROOT),$(ICBHI_ROOT),$(SYNTH_DIR))
 export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
-.PHONY: help setup test lint reproduce notebooks data lab clean bench estimate
+PLAN_ARGS := --profile $(PROFILE) --data '$(ICBHI_ROOT)' --weights '$(WEIGHTS)' \
+	$(if $(SEEDS),--seeds $(SEEDS))
+# the default run checks itself against the runs committed in shipped/ (made by make ship)
+CHECK_SHIPPED := $(filter .,$(OUTPUTS))
+
+.PHONY: help setup test lint reproduce train notebooks render ship data lab clean bench estimate
 
 help:
 	@echo "make reproduce   set up .venv, build the data (synthetic unless ICBHI_ROOT=...), run"
 	@echo "                 notebooks 01-05 (PROFILE=demo) -> figures/, results/, docs/notebooks/"
 	@echo "                 (another PROFILE, ICBHI_ROOT, WEIGHTS or SEEDS -> out/PROFILE/)"
 	@echo "                 GPU route: make reproduce PROFILE=paper ICBHI_ROOT=... WEIGHTS=..."
+	@echo "                 Trains every run into runs/ first (a local pool: cores / threads per"
+	@echo "                 run at once), ignoring shipped/; the default run then compares its"
+	@echo "                 runs with shipped/ and fails with a table of what differs"
+	@echo "make render      figures/, results/, docs/notebooks/ from the shipped runs (no training)"
+	@echo "make ship        replace shipped/ with the demo runs in runs/ (after make reproduce)"
 	@echo "make test        ruff + the whole pytest suite"
 	@echo "make lab         build the data if needed, then JupyterLab on notebooks/"
 	@echo "                 (figures and tables of notebooks run there go to out/scratch/)"
@@ -62,11 +74,31 @@ data: setup $(if $(ICBHI_ROOT),,$(SYNTH_DIR)/synthetic.json)
 	$(BIN)/patchmix data check $(DATA)
 	$(BIN)/patchmix data features $(DATA)
 
-reproduce: data notebooks
+# Train first (on the pool), so the notebooks only read runs/; with PATCHMIX_SHIPPED=off a run
+# the plan missed trains in its notebook rather than being read from shipped/.
+reproduce: data train
+	PATCHMIX_SHIPPED=off $(MAKE) --no-print-directory notebooks
+	$(if $(CHECK_SHIPPED),$(if $(wildcard shipped/PROVENANCE.json),$(BIN)/patchmix plan \
+		$(PLAN_ARGS) --compare shipped,@echo "no shipped/ runs to compare with (make ship)"))
+
+train: data
+	$(BIN)/patchmix plan $(PLAN_ARGS) --run
 
 notebooks: setup
 	$(BIN)/python -m patchmix.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
 		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS)) --outputs '$(OUTPUTS)'
+
+# An empty run cache, so that every run comes from shipped/; one that had to train fails it.
+RENDER_RUNS := out/render/runs
+render: data
+	rm -rf $(RENDER_RUNS)
+	PATCHMIX_RUNS=$(RENDER_RUNS) $(MAKE) --no-print-directory notebooks
+	@if [ -n "$$(ls -A $(RENDER_RUNS) 2>/dev/null)" ]; then \
+		echo "error: shipped/ lacks runs the notebooks need; they trained into $(RENDER_RUNS)/"; \
+		exit 1; fi
+
+ship: setup
+	$(BIN)/patchmix plan $(PLAN_ARGS) --export shipped
 
 # the notebooks need the data set (and its features) before their first cell runs
 lab: data

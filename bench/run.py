@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -386,21 +385,13 @@ def loss_curve(root: Path, cache: str, steps: int) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    cpu = "unknown"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform(), "device": "cpu",
-            "cpu_model": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "cuda_available": torch.cuda.is_available(),
+    from patchmix.plan import machine  # the CPU and library versions, as shipped runs record
+
+    known = machine()
+    return {**{k: known[k] for k in ("torch", "python", "numpy", "platform")}, "device": "cpu",
+            "cpu_model": known["cpu_model"], "cpu_count": known["cpu_count"],
+            "threads": torch.get_num_threads(), "avx512_bf16": known["avx512_bf16"],
+            "amx_bf16": known["amx_bf16"], "cuda_available": torch.cuda.is_available(),
             "load_avg_before": list(os.getloadavg())}
 
 

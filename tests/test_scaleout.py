@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -94,8 +95,30 @@ def test_plan_lists_commands_and_refuses_bad_counts(synth_root, tmp_path, monkey
     lines = out.out.splitlines()
     assert lines and all(line.startswith("patchmix train --profile smoke") for line in lines)
     assert f"{len(lines)} runs for the smoke notebooks, {len(lines)} not yet" in out.err
-    assert main(["plan", "--workers", "0"]) == 2
+    assert main(["plan", "--workers", "-1"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_pool_threads_follow_a_pinned_profile(monkeypatch, tmp_path):
+    """demo pins two threads per run: the pool fits cores ÷ 2 runs and gives each two."""
+    seen: list[tuple[str, int]] = []
+
+    def fake_call(argv, env, **kwargs):
+        seen.append((env["OMP_NUM_THREADS"], 0))
+        return 0
+
+    monkeypatch.setattr("patchmix.plan.subprocess.call", fake_call)
+    monkeypatch.setattr("patchmix.plan.os.cpu_count", lambda: 8)
+    plan = jobs("demo", notebooks=["04_latent_umap"])
+    assert {j.cfg.train.threads for j in plan} == {2}
+    assert run_local(plan, log_dir=tmp_path) == []
+    assert {t for t, _ in seen} == {"2"}
+    with pytest.raises(ValueError, match="pin train.threads=2"):
+        run_local(plan, threads=1, log_dir=tmp_path)
+    seen.clear()
+    assert run_local(jobs("smoke", notebooks=["04_latent_umap"]), workers=2,
+                     log_dir=tmp_path) == []
+    assert {t for t, _ in seen} == {"4"}  # unpinned: the cores shared among the workers
 
 
 def test_submitit_local_jobs_land_in_the_run_cache(synth_root, tmp_path, monkeypatch, capsys):
@@ -113,3 +136,60 @@ def test_submitit_local_jobs_land_in_the_run_cache(synth_root, tmp_path, monkeyp
     data = load_data(plan[0].cfg.data, progress=False)
     assert pending(plan, tmp_path / "runs", data) == []  # where the notebooks will look
     assert main([*args]) == 0 and capsys.readouterr().out == ""  # nothing left to list
+
+
+def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
+        synth_root, tmp_path, monkeypatch, capsys):
+    """The committed layer: `export` writes compact runs with their provenance, `run` reads
+    them when the run cache lacks them (weights where a notebook opens them), never writing
+    there, and `compare` checks a retraining against them."""
+    from patchmix.experiment import PROVENANCE, load_trained, run, shipped_dir
+    from patchmix.latent import load_projector
+    from patchmix.notebooks import where_from
+    from patchmix.plan import SHIPPED_FILES, export
+
+    monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
+    plan = jobs("smoke", data_root=str(synth_root), notebooks=["04_latent_umap"])
+    assert [j.weights for j in plan] == [True, True]  # 04 encodes with both checkpoints
+    plan[0] = dataclasses.replace(plan[0], weights=False)  # as a scores-only run would ship
+    data = load_data(plan[0].cfg.data, progress=False)
+    with pytest.raises(ValueError, match="2 of 2 runs are not finished"):
+        export(plan, tmp_path / "runs", tmp_path / "shipped", data)
+    assert run_local(plan, workers=1, log_dir=tmp_path / "logs") == []
+    made = export(plan, tmp_path / "runs", tmp_path / "shipped", data)
+    keys = [run_key(j.cfg, data) for j in plan]
+    assert [r["run"] for r in made["runs"]] == keys
+    assert made["data_identity"] == data.identity() and made["machine"]["cpu_count"]
+    assert made["runs"][1]["command"] == plan[1].command()
+    assert json.loads((tmp_path / "shipped" / PROVENANCE).read_text()) == made
+    scores_only, with_weights = (tmp_path / "shipped" / k for k in keys)
+    assert not (scores_only / "final.pt").exists() and (with_weights / "final.pt").is_file()
+    assert not any((tmp_path / "shipped" / k / "last.pt").exists() for k in keys)
+    for pattern in SHIPPED_FILES:
+        assert list(scores_only.glob(pattern))
+
+    # a fresh clone: an empty run cache, the shipped folder beside it
+    monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "fresh"))
+    monkeypatch.setenv("PATCHMIX_SHIPPED", str(tmp_path / "shipped"))
+    found = run(plan[1].cfg, data=data, progress=False)
+    assert found["cached"] and found["run_dir"] == str(with_weights)
+    assert not (tmp_path / "fresh").exists()  # nothing trained, nothing written
+    model, _ = load_trained(f"{found['run_dir']}/final.pt")
+    assert load_projector(found["run_dir"]) is not None  # the projector ships in final.pt
+    line = where_from([found["run_dir"]])
+    assert "1 shipped with the repository" in line and "0 from" in line
+    monkeypatch.setenv("PATCHMIX_SHIPPED", "off")
+    assert shipped_dir() is None
+    monkeypatch.delenv("PATCHMIX_SHIPPED")
+    assert shipped_dir() == Path("shipped")
+
+    # the reproduction's check: the run cache that trained them against the shipped copy
+    assert [r["status"] for r in compare(plan, tmp_path / "shipped", tmp_path / "runs",
+                                         data)] == ["same", "same"]
+    preds = with_weights / "predictions-last.csv"
+    preds.write_text(preds.read_text().replace("0.", "1.", 1))
+    rows = compare(plan, tmp_path / "shipped", tmp_path / "runs", data)
+    assert [(r["status"], r["first_epoch"]) for r in rows] == [("same", ""),
+                                                                ("differs", "predictions")]
+    capsys.readouterr()

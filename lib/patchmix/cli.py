@@ -93,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--notebooks", nargs="*", help="only the runs of these notebooks")
     plan.add_argument("--all", action="store_true", help="list finished runs too")
     plan.add_argument("--run", action="store_true", help="train the unfinished runs")
-    plan.add_argument("--workers", type=int, default=1, help="runs at once with --run "
-                                                             "(default 1)")
-    plan.add_argument("--threads", type=int, default=0, help="threads per run (default: "
-                                                             "cores ÷ workers)")
+    plan.add_argument("--workers", type=int, default=0, help="runs at once with --run "
+                      "(default: cores ÷ threads per run)")
+    plan.add_argument("--threads", type=int, default=0, help="threads per run where the "
+                      "profile does not pin train.threads (default: cores ÷ workers)")
     plan.add_argument("--compare", metavar="RUNS", help="compare each run of the plan in the "
                       "run cache with the same run in the run cache RUNS (exit 1 on a "
                       "difference)")
+    plan.add_argument("--export", metavar="DIR", help="write the finished runs, compact and "
+                      "with their provenance, to DIR (replaced): how shipped/ is made")
     plan.add_argument("--submit", metavar="FOLDER", help="submit the unfinished runs through "
                       "submitit (logs in FOLDER) and wait for them")
     plan.add_argument("--cluster", choices=("slurm", "local"), help="with --submit: where "
@@ -215,12 +217,13 @@ def _plan(args: argparse.Namespace) -> int:
     from patchmix.plan import jobs, pending, run_local
     from patchmix.report import NOTEBOOKS, project_root
 
-    if args.workers < 1 or args.threads < 0 or args.seeds < 0:
-        raise ValueError("--workers must be at least 1, --threads and --seeds at least 0")
+    if args.workers < 0 or args.threads < 0 or args.seeds < 0:
+        raise ValueError("--workers, --threads and --seeds must be at least 0")
     # the folders named here are the caller's; runs/ and data/ are the repository's, as in
     # the notebooks (and so is a relative --data, which becomes part of each run's config)
     compare_to = Path(args.compare).resolve() if args.compare else None
     logs = Path(args.submit).resolve() if args.submit else None
+    export_to = Path(args.export).resolve() if args.export else None
     os.chdir(project_root())
     plan = jobs(args.profile, data_root=args.data, weights=args.weights, seeds=args.seeds,
                 notebooks=args.notebooks or NOTEBOOKS)
@@ -231,13 +234,21 @@ def _plan(args: argparse.Namespace) -> int:
           f"{runs_dir()}/", file=sys.stderr)
     if compare_to:
         return _compare(plan, compare_to, runs_dir(), data)
+    if export_to:
+        from patchmix.plan import export
+
+        provenance = export(plan, runs_dir(), export_to, data)
+        kept = sum(r["weights"] for r in provenance["runs"])
+        print(f"wrote {len(plan)} runs ({kept} with their weights) and {export_to.name}/"
+              f"PROVENANCE.json to {export_to}", file=sys.stderr)
+        return 0
     if logs:
         return _submit(todo, logs, args)
     if not args.run:
         for job in shown:
             print(job.command())
         return 0
-    failed = run_local(todo, workers=args.workers, threads=args.threads or None)
+    failed = run_local(todo, workers=args.workers, threads=args.threads)
     for job, code in failed:
         print(f"error: exit {code}: {job.command()}", file=sys.stderr)
     return 1 if failed else 0

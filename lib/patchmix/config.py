@@ -332,7 +332,10 @@ def profile(name: str) -> ExperimentConfig:
       patient-grouped validation split. 30 epochs, because from scratch Patch-Mix CL learns
       wheezes late (the demo's learning curves show when). Its blocks store their activations
       (``model.activations="store"``): at 64-d the recomputation of ``"lean"`` saves nothing
-      that matters. Minutes per run on a laptop CPU.
+      that matters. Two intra-op threads (``train.threads=2``), whatever the machine: CPU
+      kernels split their sums by thread, so a pinned count makes a run's numbers the same
+      on a 2-core laptop and a 64-core server (of one CPU model), and lets a bigger machine
+      train several runs at once (`patchmix.plan.run_local`). Minutes per run on a laptop.
     - ``smoke``: a tiny AST (32-d, 1 layer, stride 32), 2 epochs of 3 steps: seconds, for tests.
     """
     if name == "paper":
@@ -347,7 +350,7 @@ def profile(name: str) -> ExperimentConfig:
             profile="demo",
             model=ModelConfig(embed_dim=64, depth=2, num_heads=2, stride=16, activations="store"),
             method=MethodConfig(spec_augment=True),
-            train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, min_lr=1e-6),
+            train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, min_lr=1e-6, threads=2),
         )
     if name == "smoke":
         return ExperimentConfig(

@@ -14,6 +14,7 @@ fallback). ``docs/adding-a-dataset.md`` shows how to add one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -165,7 +166,7 @@ class Data:
     features, row-aligned."""
 
     cycles: pd.DataFrame
-    features: np.ndarray  # (n, 798, 128) float32, memory-mapped
+    features: np.ndarray | None  # (n, 798, 128) float32, memory-mapped; None: `load_cycles`
     root: str
     dataset: DataSet
     feature_config: FeatureConfig = FeatureConfig()
@@ -184,14 +185,19 @@ class Data:
         return self.dataset.describe(self.root)
 
     def identity(self) -> str:
-        """What the run cache keys this data by: the data set, every cycle's source and
-        boundaries (`patchmix.features.cache_key`: WAV name, size and mtime), its label and
-        its split. Anything that changes a training run's inputs or targets changes it."""
-        from patchmix.features import cache_key  # noqa: PLC0415 - features imports this module
+        """What the run cache keys this data by: the data set, every cycle's recording (file
+        name and size) and boundaries, its label and its split. Anything that changes a
+        training run's inputs or targets changes it; the folder's place and the files' dates
+        do not, so a copied or freshly built data set (``make data`` in a new clone) finds the
+        runs trained on the same data elsewhere, the shipped ones included. (The feature
+        cache, which never leaves the machine, also checks each file's mtime.)"""
+        from patchmix.features import CACHE_VERSION  # noqa: PLC0415 - features imports this module
 
-        return config_hash({"dataset": self.dataset.name,
-                            "features": cache_key(self.cycles, self.feature_config),
-                            "labels": self.cycles["label"].astype(int).tolist(),
+        sizes = {p: os.stat(p).st_size for p in self.cycles["path"].unique()}
+        rows = [[Path(p).name, sizes[p], repr(float(s)), repr(float(e))] for p, s, e in
+                zip(self.cycles["path"], self.cycles["start"], self.cycles["end"], strict=True)]
+        return config_hash({"dataset": self.dataset.name, "features_version": CACHE_VERSION,
+                            "rows": rows, "labels": self.cycles["label"].astype(int).tolist(),
                             "split": self.cycles["split"].astype(str).tolist()}, 24)
 
 
@@ -203,13 +209,19 @@ def load_data(cfg: DataConfig, *, progress: bool = True) -> Data:
     """
     from patchmix.features import cycle_features  # noqa: PLC0415 - features imports this module
 
+    data = load_cycles(cfg)
+    features = cycle_features(data.cycles, cfg.features, progress=progress)
+    return dataclasses.replace(data, features=features)
+
+
+def load_cycles(cfg: DataConfig) -> Data:
+    """`load_data` without the features (``features`` is None): the cycle table with its
+    validation split, which is all `Data.identity` needs, so no audio is read."""
     root = resolve_root(cfg)
     dataset, cycles = read_cycles(root)
     if cfg.val_fraction > 0:
         cycles = validation_split(cycles, cfg.val_fraction, seed=cfg.val_seed)
-    cycles = cycles.reset_index(drop=True)
-    features = cycle_features(cycles, cfg.features, progress=progress)
-    return Data(cycles, features, str(root), dataset, cfg.features)
+    return Data(cycles.reset_index(drop=True), None, str(root), dataset, cfg.features)
 
 
 # --- splits --------------------------------------------------------------------------------

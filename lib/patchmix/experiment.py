@@ -2,8 +2,11 @@
 
 `run(cfg)` trains a configuration once and keeps it under ``runs/<hash>/``, the hash covering
 the whole configuration and the identity of the data (`patchmix.datasets.Data.identity`: every
-source WAV's name, size and mtime, the cycle boundaries, the labels and the split); calling it
-again returns the stored summary without training, and an interrupted run resumes. `run_seeds`
+source WAV's name and size, the cycle boundaries, the labels and the split); calling it again
+returns the stored summary without training, and an interrupted run resumes. Before training,
+`run` also looks in the **shipped runs** (``shipped/``, `shipped_dir`): the demo runs committed
+with the repository, read-only, so that a fresh clone's notebooks render without training
+(`patchmix.plan.export` writes them). `run_seeds`
 repeats a configuration over seeds and `aggregate` reduces the per-seed table to mean ± sd per
 protocol.
 
@@ -43,11 +46,22 @@ from patchmix.model import AST, build_model
 from patchmix.train import finished, fit, read_checkpoint
 
 RUNS_ENV = "PATCHMIX_RUNS"
+SHIPPED_ENV = "PATCHMIX_SHIPPED"
+SHIPPED = "shipped"  # the committed runs, in the repository root
+PROVENANCE = "PROVENANCE.json"  # beside them: where they come from (`patchmix.plan.export`)
 
 
 def runs_dir() -> Path:
     """``$PATCHMIX_RUNS`` if set, else ``runs/`` in the working directory."""
     return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def shipped_dir() -> Path | None:
+    """Where `run` looks for shipped runs after the run cache: ``$PATCHMIX_SHIPPED`` if set
+    (``off``: nowhere, as ``make reproduce`` trains everything itself), else ``shipped/`` in
+    the working directory."""
+    value = os.environ.get(SHIPPED_ENV, SHIPPED)
+    return None if value in ("", "off") else Path(value)
 
 
 def run_key(cfg: ExperimentConfig, data: Data, processes: int = 1) -> str:
@@ -164,6 +178,10 @@ NOTEBOOK_RUNS: dict[str, tuple[str, ...]] = {
 }
 """Which groups of runs each notebook needs."""
 
+WEIGHTS_READ: tuple[str, ...] = ("comparison",)
+"""The groups whose trained weights notebooks open (03's loss anatomy, 04's encodings), not
+only their scores: their shipped runs keep ``final.pt``."""
+
 
 def planned_runs(groups: Iterable[str], cfg: ExperimentConfig) -> list[PlannedRun]:
     """The runs of `groups` for `cfg`, in order; a run listed by two groups comes once."""
@@ -196,17 +214,22 @@ def run_table(planned: Iterable[PlannedRun], seeds: dict[str, Sequence[int]], *,
 
 def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathLike | None = None,
         progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` unless a finished run of it is cached; return its summary.
+    """Train `cfg` unless a finished run of it is cached or shipped; return its summary.
 
-    The summary (``summary.json`` of `patchmix.train.fit`) gains ``run_dir`` and ``cached``
-    (True when nothing was trained). Pass `data` to reuse features already loaded.
+    The summary (``summary.json`` of `patchmix.train.fit`) gains ``run_dir`` (where its files
+    are: the run cache, or ``shipped/`` when only the shipped runs have it) and ``cached``
+    (True when nothing was trained). An explicit `root` is the only place looked in. Pass
+    `data` to reuse features already loaded.
     """
     data = data if data is not None else load_data(cfg.data, progress=progress)
-    out = Path(root) if root is not None else runs_dir()
-    out = out / run_key(cfg, data, distributed.env_world_size())
+    key = run_key(cfg, data, distributed.env_world_size())
+    out = (Path(root) if root is not None else runs_dir()) / key
     summary = finished(out)
     if summary is not None:
         return {**summary, "run_dir": str(out), "cached": True}
+    shipped = shipped_dir() if root is None else None
+    if shipped is not None and (summary := finished(shipped / key, weights=False)):
+        return {**summary, "run_dir": str(shipped / key), "cached": True}
     summary = fit(cfg, data, out, progress=progress)  # trains, resumes or repairs
     return {**summary, "run_dir": str(out), "cached": False}
 

@@ -182,13 +182,13 @@ def mix_numbers(enc: Encoded, suffix: str = "") -> dict[str, float]:
 def load_projector(run_dir: str | os.PathLike) -> tuple[Projector, str] | None:
     """The trained contrastive projector of a finished run and its ``target_type``, or None.
 
-    Read from the run's ``last.pt`` (the engine's resume checkpoint, which holds the method's
-    own modules; ``final.pt`` holds the backbone only), in eval mode: BatchNorm uses its
-    running statistics. None when the run's method has no projector (fine-tuning).
+    Read from the run's ``final.pt`` (which holds the method's own modules beside the
+    backbone), in eval mode: BatchNorm uses its running statistics. None when the run's
+    method has no projector (fine-tuning).
     """
-    saved = read_checkpoint(Path(run_dir) / "last.pt", ("state", "config"),
-                            "resume checkpoint (last.pt)")
-    state = {k.removeprefix("projector."): v for k, v in saved["state"]["method"].items()
+    saved = read_checkpoint(Path(run_dir) / "final.pt", ("method", "config"),
+                            "run checkpoint (final.pt)")
+    state = {k.removeprefix("projector."): v for k, v in saved["method"].items()
              if k.startswith("projector.")}
     if not state:
         return None

@@ -32,7 +32,15 @@ from patchmix import plots
 from patchmix.atomic import atomic_path
 from patchmix.config import KNOBS, PROFILES, ExperimentConfig, get_value, notebook_config
 from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
-from patchmix.experiment import NOTEBOOK_RUNS, PlannedRun, planned_runs, run_table
+from patchmix.experiment import (
+    NOTEBOOK_RUNS,
+    PROVENANCE,
+    PlannedRun,
+    planned_runs,
+    run_table,
+    runs_dir,
+    shipped_dir,
+)
 from patchmix.methods import get_method
 from patchmix.report import NOTEBOOKS, Outputs, project_root
 
@@ -71,7 +79,9 @@ class Notebook:
         """The per-seed table of the runs of `groups` (`patchmix.experiment.run_seeds`):
         trained unless the run cache has them, with a progress bar for those that train."""
         seeds = {"seeds": self.seeds, "ablation_seeds": self.ablation_seeds}
-        return run_table(self.plan(*groups), seeds, data=self.data)
+        table = run_table(self.plan(*groups), seeds, data=self.data)
+        print(where_from(table["run_dir"].unique()), file=sys.stderr)
+        return table
 
     @functools.cached_property
     def labels(self) -> dict[str, str]:
@@ -88,6 +98,24 @@ class Notebook:
         """The knobs of `patchmix.config.KNOBS` with their values in this configuration."""
         return pd.DataFrame([{"knob": name, "field": k.path, "value": get_value(self.cfg, k.path),
                               "what": k.help} for name, k in KNOBS.items()])
+
+
+def where_from(run_dirs: Sequence[str]) -> str:
+    """One line saying where a notebook's runs came from: how many the repository shipped
+    (and from which commit and CPU, `patchmix.plan.export`), how many the run cache held."""
+    shipped = shipped_dir()
+    from_shipped = [d for d in run_dirs if shipped is not None and Path(d).parent == shipped]
+    line = f"{len(run_dirs)} runs: {len(run_dirs) - len(from_shipped)} from {runs_dir()}/"
+    if not from_shipped:
+        return line
+    try:
+        made = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
+        origin = (f", trained at commit {made['commit'][:10]} on "
+                  f"{made['machine']['cpu_model']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        origin = ""
+    return (f"{line}, {len(from_shipped)} shipped with the repository ({shipped}/{origin}); "
+            "a changed knob trains only the runs it changes, into runs/")
 
 
 def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str = "",

@@ -355,12 +355,14 @@ def _fit(cfg: ExperimentConfig, data: Data, out: Path, job: distributed.Dist,
     return summary
 
 
-def finished(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+def finished(out_dir: str | os.PathLike, *, weights: bool = True) -> dict[str, Any] | None:
     """The summary of the finished run in `out_dir`, or None if it is not finished.
 
     A run is finished when its last file, ``summary.json``, is there and readable, with
     ``final.pt`` beside it; anything less (a kill before the end, a damaged file) is an
-    unfinished run, which `fit` resumes or repairs from ``last.pt``.
+    unfinished run, which `fit` resumes or repairs from ``last.pt``. ``weights=False`` does
+    not ask for ``final.pt``: a shipped run (`patchmix.plan.export`) keeps its weights only
+    where a notebook reads them.
     """
     out = Path(out_dir)
     try:
@@ -369,7 +371,7 @@ def finished(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     if (not isinstance(summary, dict) or summary.get("finished") is not True
             or not isinstance(summary.get("protocols"), dict)
-            or not (out / "final.pt").is_file()):
+            or (weights and not (out / "final.pt").is_file())):
         return None
     return summary
 
@@ -426,8 +428,10 @@ def _write_epoch(out: Path, run: Run, record: Record, chosen: list[str],
 
 
 def _weights(run: Run, epoch: int) -> dict[str, Any]:
-    """What `patchmix.experiment.load_trained` reads: the model, its config, the epoch."""
-    return {"model": run.model.state_dict(), "config": to_dict(run.cfg), "epoch": epoch}
+    """What `patchmix.experiment.load_trained` reads: the model, its config, the epoch; and
+    the method's own modules (the contrastive projector), which `patchmix.latent` reads."""
+    return {"model": run.model.state_dict(), "method": run.method.state_dict(),
+            "config": to_dict(run.cfg), "epoch": epoch}
 
 
 def _write_predictions(path: Path, data: Data, rows: np.ndarray, probs: np.ndarray) -> None:
