@@ -155,6 +155,18 @@ def test_setup_without_output_folders_uses_scratch(synth_root, monkeypatch) -> N
     assert Path(nb.out.results_dir) == SCRATCH / "results"
 
 
+def test_setup_reads_the_feature_cache_make_data_filled(synth_root, monkeypatch) -> None:
+    from patchmix.notebooks import setup
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PATCHMIX_CACHE", "elsewhere")  # restored after the test
+    setup("01_data_exploration", profile="smoke", data_root=str(synth_root))
+    assert os.environ["PATCHMIX_CACHE"] == "elsewhere"  # a cache named by the user stays
+    monkeypatch.delenv("PATCHMIX_CACHE")
+    setup("01_data_exploration", profile="smoke", data_root=str(synth_root))
+    assert os.environ["PATCHMIX_CACHE"] == str(REPO / ".cache" / "patchmix")  # the Makefile's
+
+
 def test_the_runner_sends_outputs_where_it_is_told(monkeypatch) -> None:
     from patchmix import notebooks
 

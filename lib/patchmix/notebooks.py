@@ -41,12 +41,14 @@ from patchmix.experiment import (
     runs_dir,
     shipped_dir,
 )
+from patchmix.features import CACHE_ENV
 from patchmix.methods import get_method
 from patchmix.report import NOTEBOOKS, Outputs, project_root
 
 EXECUTED = Path("out/executed")  # executed copies of the notebooks and their HTML
 SCRATCH = Path("out/scratch")  # a notebook's figures and tables unless it is told where
 READABLE = Path("docs/notebooks")  # the committed demo run's notebooks, with their outputs
+REPO_CACHE = Path(".cache/patchmix")  # the feature cache of make's targets and the notebooks
 
 
 @dataclass
@@ -124,7 +126,9 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     """A notebook's parameters → its `Notebook`: the one call after the parameters cell.
 
     Moves to the repository root (so ``data/``, ``runs/``, ``figures/`` mean the same under
-    papermill and in JupyterLab, which starts kernels in ``notebooks/``), applies the figure
+    papermill and in JupyterLab, which starts kernels in ``notebooks/``), reads features from
+    the repository's ``.cache/patchmix`` as ``make data`` writes them (unless
+    ``$PATCHMIX_CACHE`` names another cache), applies the figure
     style, builds the configuration (`patchmix.config.notebook_config`: `knobs` are names of
     `KNOBS` with typed values, None keeping the profile's), finds the data set and prepares the
     outputs, whose provenance line it prints. Seeds are 1..`seeds` (1..`ablation_seeds` for
@@ -141,6 +145,8 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
         raise ValueError(f"SEEDS and ABLATION_SEEDS must be at least 1, not {seeds} and "
                          f"{ablation_seeds}")
     os.chdir(project_root())
+    # the feature cache `make data` filled (the Makefile's PATCHMIX_CACHE), unless told another
+    os.environ.setdefault(CACHE_ENV, str(Path(REPO_CACHE).resolve()))
     plots.use_style()
     cfg = notebook_config(profile, data_root=data_root, weights=weights, overrides=overrides,
                           knobs=knobs)
