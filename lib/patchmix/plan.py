@@ -274,7 +274,7 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, 
 
     Each run keeps `SHIPPED_FILES` under its key, and ``final.pt`` where a notebook opens it
     (`Job.weights`); ``PROVENANCE.json`` says where they come from: the commit (and whether
-    the work tree had changes), the profile, the data set and its identity, each notebook's
+    the library's code differed from it), the profile, the data set and its identity, each notebook's
     seeds, the machine (`machine`) and, per run, its label, seed, notebooks and command.
     `dest` is replaced as a whole, so it holds exactly this plan. A ValueError lists the runs
     that are not finished. Returns the provenance.
@@ -287,7 +287,7 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, 
     profiles = sorted({j.cfg.profile for j in plan})
     provenance = {
         "profile": ", ".join(profiles), "commit": _git("rev-parse", "HEAD"),
-        "work_tree_changed": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "code_changed": bool(_git("status", "--porcelain", "--", "lib", "pyproject.toml")),
         "data": data.describe(), "data_identity": data.identity(),
         "seeds": {nb: notebook_seeds(nb) for nb in dict.fromkeys(
             nb for j in plan for nb in j.notebooks)},
