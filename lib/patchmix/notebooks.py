@@ -112,12 +112,12 @@ def where_from(run_dirs: Sequence[str]) -> str:
         return line
     try:
         made = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
-        origin = (f", trained at commit {made['commit'][:10]} on "
+        origin = (f", from commit {made['commit'][:10]}, trained on "
                   f"{made['machine']['cpu_model']}")
     except (OSError, ValueError, KeyError, TypeError):
         origin = ""
     return (f"{line}, {len(from_shipped)} shipped with the repository ({shipped}/{origin}); "
-            "a changed knob trains only the runs it changes, into runs/")
+            f"a changed knob trains only the runs it changes, into {runs_dir()}/")
 
 
 def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str = "",
