@@ -192,6 +192,23 @@ def test_make_rewrites_the_committed_outputs_only_for_the_default_run(args, outp
     assert f"--outputs {outputs}" in dry.stdout
 
 
+def test_make_reproduce_trains_first_and_checks_only_the_default_run_against_shipped() -> None:
+    import subprocess
+
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-C", str(REPO), *args], check=True,
+                              capture_output=True, text=True,
+                              env={**os.environ, "ICBHI_ROOT": ""}).stdout
+
+    default = dry("reproduce")
+    assert default.index("plan --profile demo") < default.index("PATCHMIX_SHIPPED=off")
+    assert "--run" in default and "--compare shipped" in default
+    assert "--compare" not in dry("reproduce", "PROFILE=smoke")  # nothing shipped to match
+    render = dry("render")
+    assert "PATCHMIX_RUNS=out/render/runs" in render and "--outputs '.'" in render
+    assert "--export shipped" in dry("ship")
+
+
 def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, tmp_path) -> None:
     from patchmix.notebooks import readable_copy
 

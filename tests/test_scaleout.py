@@ -177,6 +177,8 @@ def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
     assert not (tmp_path / "fresh").exists()  # nothing trained, nothing written
     model, _ = load_trained(f"{found['run_dir']}/final.pt")
     assert load_projector(found["run_dir"]) is not None  # the projector ships in final.pt
+    assert main(plan[1].argv()) == 0  # `patchmix train` (a pool's worker) trains into runs/
+    assert finished(tmp_path / "fresh" / keys[1]) is not None
     line = where_from([found["run_dir"]])
     assert "1 shipped with the repository" in line and "0 from" in line
     monkeypatch.setenv("PATCHMIX_SHIPPED", "off")

@@ -311,7 +311,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.out:
             summary = {**fit(cfg, data, args.out, progress=not args.quiet), "run_dir": args.out}
         else:
-            summary = run(cfg, data=data, progress=not args.quiet)
+            summary = run(cfg, data=data, progress=not args.quiet, shipped=False)  # runs/
     finally:
         distributed.shutdown()
     if not job.is_main:

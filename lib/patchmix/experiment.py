@@ -213,13 +213,14 @@ def run_table(planned: Iterable[PlannedRun], seeds: dict[str, Sequence[int]], *,
 
 
 def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathLike | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, shipped: bool = True) -> dict[str, Any]:
     """Train `cfg` unless a finished run of it is cached or shipped; return its summary.
 
     The summary (``summary.json`` of `patchmix.train.fit`) gains ``run_dir`` (where its files
     are: the run cache, or ``shipped/`` when only the shipped runs have it) and ``cached``
-    (True when nothing was trained). An explicit `root` is the only place looked in. Pass
-    `data` to reuse features already loaded.
+    (True when nothing was trained). An explicit `root` is the only place looked in, and
+    ``shipped=False`` (``patchmix train``, the pool's workers) skips the shipped runs: the run
+    is then trained into the run cache. Pass `data` to reuse features already loaded.
     """
     data = data if data is not None else load_data(cfg.data, progress=progress)
     key = run_key(cfg, data, distributed.env_world_size())
@@ -227,9 +228,9 @@ def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathL
     summary = finished(out)
     if summary is not None:
         return {**summary, "run_dir": str(out), "cached": True}
-    shipped = shipped_dir() if root is None else None
-    if shipped is not None and (summary := finished(shipped / key, weights=False)):
-        return {**summary, "run_dir": str(shipped / key), "cached": True}
+    layer = shipped_dir() if root is None and shipped else None
+    if layer is not None and (summary := finished(layer / key, weights=False)):
+        return {**summary, "run_dir": str(layer / key), "cached": True}
     summary = fit(cfg, data, out, progress=progress)  # trains, resumes or repairs
     return {**summary, "run_dir": str(out), "cached": False}
 

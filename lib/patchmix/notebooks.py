@@ -79,7 +79,8 @@ class Notebook:
 
     def runs(self, *groups: str) -> pd.DataFrame:
         """The per-seed table of the runs of `groups` (`patchmix.experiment.run_seeds`):
-        trained unless the run cache has them, with a progress bar for those that train."""
+        trained unless the run cache or the shipped runs have them, with a progress bar for
+        those that train, and a line on stderr saying where they came from (`where_from`)."""
         seeds = {"seeds": self.seeds, "ablation_seeds": self.ablation_seeds}
         table = run_table(self.plan(*groups), seeds, data=self.data)
         print(where_from(table["run_dir"].unique()), file=sys.stderr)
@@ -146,7 +147,7 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
                          f"{ablation_seeds}")
     os.chdir(project_root())
     # the feature cache `make data` filled (the Makefile's PATCHMIX_CACHE), unless told another
-    os.environ.setdefault(CACHE_ENV, str(Path(REPO_CACHE).resolve()))
+    os.environ.setdefault(CACHE_ENV, str(REPO_CACHE.resolve()))
     plots.use_style()
     cfg = notebook_config(profile, data_root=data_root, weights=weights, overrides=overrides,
                           knobs=knobs)

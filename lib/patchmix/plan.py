@@ -274,8 +274,9 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, 
 
     Each run keeps `SHIPPED_FILES` under its key, and ``final.pt`` where a notebook opens it
     (`Job.weights`); ``PROVENANCE.json`` says where they come from: the commit (and whether
-    the library's code differed from it), the profile, the data set and its identity, each notebook's
-    seeds, the machine (`machine`) and, per run, its label, seed, notebooks and command.
+    the library's code differed from it), the profile, the data set and its identity, each
+    notebook's seeds, the machine (`machine`) and, per run, its label, seed, notebooks and
+    command.
     `dest` is replaced as a whole, so it holds exactly this plan. A ValueError lists the runs
     that are not finished. Returns the provenance.
     """
