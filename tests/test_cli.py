@@ -205,3 +205,20 @@ def test_train_evaluate_predict_bad_input(trained_smoke_run, tmp_path, capsys, a
     code, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_a_long_problem_list_shows_the_first_of_each_kind(make_data):
+    from patchmix.cli import format_report
+    from patchmix.datasets import read_cycles
+
+    dataset, cycles = read_cycles(make_data({"101_1b1_Al_sc_Meditron": "test"}))
+    report = dataset.summarize(cycles)
+    report["problems"] = [{"kind": "poor_quality", "file": f"r{i}.json", "detail": "Poor Quality",
+                           "action": "skipped"} for i in range(25)] + [
+        {"kind": "stereo", "file": "s.wav", "detail": "2 channels", "action": "handled"}]
+    text = format_report(report)
+    assert "problems                26" in text
+    assert "r2.json" in text and "r3.json" not in text and "s.wav" in text
+    assert "… and 22 more poor_quality (--json lists all)" in text
+    report["problems"] = report["problems"][:5]
+    assert "r4.json" in format_report(report) and "more" not in format_report(report)

@@ -378,6 +378,10 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_PROBLEMS = 20  # a report with more lists only the first few of each kind
+PROBLEMS_PER_KIND = 3
+
+
 def format_report(report: dict[str, Any]) -> str:
     """`patchmix data check`'s report as aligned plain-text tables: the counts every data set
     reports, then whichever of a data set's own details it has."""
@@ -386,25 +390,35 @@ def format_report(report: dict[str, Any]) -> str:
     splits = list(report["recordings"])
     origin = "SYNTHETIC (patchmix synth)" if report["synthetic"] else "recordings on disk"
     lines = [f"data: {report['root']}  [{origin}]"]
-    if "split_file" in report:
-        lines.append(f"split file: {report['split_file']}")
-    header = f"{'split':<8}{'recordings':>11}{'patients':>9}" + "".join(
+    for title, key in (("split file", "split_file"), ("layout", "layout")):
+        if report.get(key):
+            lines.append(f"{title}: {report[key]}")
+    w = max(8, *(len(s) + 2 for s in splits))  # the split column fits test_intra
+    header = f"{'split':<{w}}{'recordings':>11}{'patients':>9}" + "".join(
         f"{c:>9}" for c in CLASSES) + f"{'cycles':>8}"
     lines += ["", header, "-" * len(header)]
     for s in splits:
         counts = report["cycles"][s]
-        lines.append(f"{s:<8}{report['recordings'][s]:>11}{report['patients'][s]:>9}"
+        lines.append(f"{s:<{w}}{report['recordings'][s]:>11}{report['patients'][s]:>9}"
                      + "".join(f"{counts[c]:>9}" for c in CLASSES)
                      + f"{sum(counts.values()):>8}")
-    lines.append(f"{'total':<8}{sum(report['recordings'].values()):>11}{'':>9}" + "".join(
+    lines.append(f"{'total':<{w}}{sum(report['recordings'].values()):>11}{'':>9}" + "".join(
         f"{sum(report['cycles'][s][c] for s in splits):>9}" for c in CLASSES)
         + f"{report['total_cycles']:>8}")
+    # a data set's own label tables (SPRSound: its seven event types and five record labels)
+    for title, key in (("events by type", "events"), ("records by label", "record_labels")):
+        if key in report:
+            names = list(next(iter(report[key].values()), {}))
+            first = max(w, len(title) + 2)
+            lines += ["", f"{title:<{first}}" + "".join(f"{n:>{len(n) + 2}}" for n in names)]
+            lines += [f"{s:<{first}}" + "".join(f"{report[key][s][n]:>{len(n) + 2}}"
+                                                 for n in names) for s in report[key]]
     lines.append("")
     for title, key in (("devices", "devices"), ("sample rates", "sample_rates"),
                        ("bit depths", "bit_depths")):
         for s in splits if key in report else ():
             items = ", ".join(f"{k} {v}" for k, v in report[key][s].items())
-            lines.append(f"{title + ' (' + s + ')':<24}{items}")
+            lines.append(f"{title + ' (' + s + ')':<{w + 16}}{items}")
     d = report.get("cycle_seconds")
     if d:
         lines.append(f"{'cycle length (s)':<24}min {d['min']}, median {d['median']}, "
@@ -412,16 +426,28 @@ def format_report(report: dict[str, Any]) -> str:
     if "patients_in_several_splits" in report:
         shared = report["patients_in_several_splits"]
         lines.append(f"{'patients in 2 splits':<24}{', '.join(map(str, shared)) or 'none'}")
+    for s, n in report.get("patients_also_in_train", {}).items():
+        lines.append(f"{'patients also in train':<24}{s}: {n} of {report['patients'][s]}")
     for title, key in (("renamed files mapped", "renamed"),
                        ("cycles clamped at end", "clamped_cycles"),
                        ("ignored files", "ignored_files"),
+                       ("ignored folders", "ignored_folders"),
                        ("split-file names absent", "split_only")):
         if key in report:
             value = report[key]
             lines.append(f"{title:<24}{len(value) if isinstance(value, list) else value}")
     problems = report["problems"]
     lines.append(f"{'problems':<24}{len(problems)}")
-    lines += [f"  - {p['file']}: {p['detail']} ({p['action']})" for p in problems]
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for p in problems:
+        by_kind.setdefault(p["kind"], []).append(p)
+    for kind, of_kind in by_kind.items():
+        # a long list (the full SPRSound has 187 Poor Quality records) shows its first few;
+        # --json has them all
+        shown = of_kind if len(problems) <= MAX_PROBLEMS else of_kind[:PROBLEMS_PER_KIND]
+        lines += [f"  - {p['file']}: {p['detail']} ({p['action']})" for p in shown]
+        if len(shown) < len(of_kind):
+            lines.append(f"  … and {len(of_kind) - len(shown)} more {kind} (--json lists all)")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ the table, the features row-aligned with it, and the identity the run cache is k
 
 The built-in data sets are registered in `patchmix.icbhi`: ``synthetic`` (the stand-in that
 `patchmix.synth` writes, recognised by its marker file) and ``icbhi`` (ICBHI 2017's layout, the
-fallback). ``docs/adding-a-dataset.md`` shows how to add one.
+fallback), and in `patchmix.sprsound`: ``sprsound`` (SPRSound 2022, recognised by its
+folders). ``docs/adding-a-dataset.md`` shows how to add one.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def summarize_cycles(cycles: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def seconds_summary(seconds: pd.Series) -> dict[str, float]:
+    """Min, median and max of cycle durations in seconds (3 decimals) and how many exceed
+    the recipe's 8 s; {} for no cycles."""
+    if len(seconds) == 0:
+        return {}
+    q = np.quantile(seconds.to_numpy(), [0.0, 0.5, 1.0])
+    return {"min": round(float(q[0]), 3), "median": round(float(q[1]), 3),
+            "max": round(float(q[2]), 3), "over_8s": int((seconds > 8).sum())}
+
+
 @dataclass(frozen=True)
 class DataSet:
     """One kind of data set: how to recognise its folder, read it and report on it."""
@@ -111,6 +122,7 @@ def unregister_dataset(name: str) -> None:
 
 def _registry() -> dict[str, DataSet]:
     import patchmix.icbhi  # noqa: F401, PLC0415 - registers the built-in data sets
+    import patchmix.sprsound  # noqa: F401, PLC0415
 
     return _DATASETS
 

@@ -44,12 +44,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from patchmix.audio import wav_info
 from patchmix.config import FeatureConfig
-from patchmix.datasets import DataError, DataSet, register_dataset, summarize_cycles
+from patchmix.datasets import (
+    DataError,
+    DataSet,
+    register_dataset,
+    seconds_summary,
+    summarize_cycles,
+)
 
 SPLIT_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_train_test.txt", "official_split.txt")
 DIAGNOSIS_FILE_NAMES: tuple[str, ...] = ("ICBHI_challenge_diagnosis.txt", "patient_diagnosis.csv")
@@ -396,20 +401,12 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         "devices": per_split(recs, "device"),
         "sample_rates": per_split(recs, "sample_rate"),
         "bit_depths": per_split(recs, "bits"),
-        "cycle_seconds": _describe(durations),
+        "cycle_seconds": seconds_summary(durations),
         "renamed": len(attrs.get("renamed", {})),
         "clamped_cycles": int(attrs.get("clamped_cycles", 0)),
         "ignored_files": list(attrs.get("ignored_files", [])),
         "split_only": len(attrs.get("split_only", [])),
     }
-
-
-def _describe(x: pd.Series) -> dict[str, float]:
-    if len(x) == 0:
-        return {}
-    q = np.quantile(x.to_numpy(), [0.0, 0.5, 1.0])
-    return {"min": round(float(q[0]), 3), "median": round(float(q[1]), 3),
-            "max": round(float(q[2]), 3), "over_8s": int((x > 8).sum())}
 
 
 # ----------------------------------------------------------------------------- registration

@@ -1,11 +1,13 @@
-"""ICBHI scores (docs/evaluation.md): specificity, sensitivity, Score, and a patient bootstrap.
+"""Scores (docs/evaluation.md): specificity, sensitivity, ICBHI's and SPRSound's Scores, and a
+patient bootstrap.
 
 Class 0 is *normal*; every other class is *abnormal*. With the 4 ICBHI classes (normal,
 crackle, wheeze, both) the official Se counts an abnormal cycle as a hit only when it is
 predicted as **exactly** its class; `icbhi_scores_2class_from_4` gives the lenient
 normal-vs-abnormal reading of the same 4-class predictions, a different number that must not be
 mixed into 4-class tables. All scores are percentages; a score whose denominator is empty is
-NaN (no crash, no warning).
+NaN (no crash, no warning). `sprsound_scores` adds SPRSound's average and harmonic scores and
+its challenge Score, from the same Sp and Se.
 
 Labels may be lists, numpy arrays or torch tensors of integer class ids (1-D).
 """
@@ -20,14 +22,18 @@ import numpy as np
 import torch
 
 from patchmix.datasets import CLASSES, CLASSES_2
+from patchmix.sprsound import EVENT_TYPES
 
 
 def class_names(n_classes: int) -> tuple[str, ...]:
-    """Names of the classes: ICBHI names for 4 and 2 classes, ``class_<c>`` otherwise."""
+    """Names of the classes: the shared names for 4 and 2 classes, SPRSound's event types for
+    7, ``class_<c>`` otherwise."""
     if n_classes == 4:
         return CLASSES
     if n_classes == 2:
         return CLASSES_2
+    if n_classes == 7:
+        return EVENT_TYPES
     return tuple(f"class_{c}" for c in range(n_classes))
 
 
@@ -79,6 +85,29 @@ def _sp_se_score(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sp, se, (sp + se) / 2  # NaN propagates into Score
 
 
+def _harmonic(sp: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """2·Sp·Se / (Sp + Se), 0 where both are 0, NaN where either is NaN."""
+    total = sp + se
+    return np.where(total > 0, 2 * sp * se / np.where(total > 0, total, 1.0), 0.0)
+
+
+SCORE_FAMILIES: tuple[str, ...] = ("icbhi", "sprsound")
+"""How a Score is made of Sp and Se: ICBHI's mean, or SPRSound's mean of the mean (AS) and the
+harmonic mean (HS)."""
+
+
+def _family_scores(cm: np.ndarray, family: str) -> dict[str, np.ndarray]:
+    """The scores of one family from confusion matrices ``(..., n, n)``, each ``(...)``."""
+    if family not in SCORE_FAMILIES:
+        raise ValueError(f"unknown score family {family!r}; choose from "
+                         f"{', '.join(SCORE_FAMILIES)}")
+    sp, se, average = _sp_se_score(cm)
+    if family == "icbhi":
+        return {"sp": sp, "se": se, "score": average}
+    harmonic = _harmonic(sp, se)
+    return {"sp": sp, "se": se, "as": average, "hs": harmonic, "score": (average + harmonic) / 2}
+
+
 def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int = 4) -> np.ndarray:
     """Confusion counts ``(n_classes, n_classes)`` int64: rows true class, columns predicted."""
     t, p = _checked(y_true, y_pred, n_classes)
@@ -117,6 +146,25 @@ def icbhi_scores(y_true: Any, y_pred: Any, n_classes: int = 4) -> dict:
     }
 
 
+def sprsound_scores(y_true: Any, y_pred: Any, n_classes: int = 7) -> dict:
+    """SPRSound's challenge scores in percent (Zhang et al., BioCAS 2022 Grand Challenge).
+
+    Sp and Se as in `icbhi_scores` (class 0 is Normal; an adventitious event counts for Se only
+    when predicted as exactly its class, so for 2 classes: adventitious predicted adventitious).
+    AS = (Sp + Se) / 2 is the average score (ICBHI's Score), HS = 2·Sp·Se / (Sp + Se) the
+    harmonic score, and Score = (AS + HS) / 2 the challenge's ranking score. Works for the seven
+    event classes, the binary task and the four shared classes alike. Returns ``{"sp", "se",
+    "as", "hs", "score", "n", "per_class_recall", "confusion"}``.
+    """
+    cm = confusion_matrix(y_true, y_pred, n_classes)  # (n, n)
+    scores = {k: float(v) for k, v in _family_scores(cm, "sprsound").items()}
+    recall = _ratio(np.diagonal(cm), cm.sum(axis=1))
+    return {**scores, "n": int(cm.sum()),
+            "per_class_recall": {name: float(r) for name, r in
+                                 zip(class_names(n_classes), recall, strict=True)},
+            "confusion": cm.tolist()}
+
+
 def to_binary(y: Any) -> np.ndarray:
     """Map 4-class ICBHI labels to normal (0) vs abnormal (1) as an int64 array."""
     arr = _labels(y, "y")
@@ -145,6 +193,7 @@ def patient_bootstrap_ci(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    family: str = "icbhi",
 ) -> dict[str, Any]:
     """Percentile bootstrap intervals of Sp, Se and Score, resampling **patients**.
 
@@ -153,7 +202,8 @@ def patient_bootstrap_ci(
     NaN (no normal or no abnormal cycle drawn) is skipped for all three metrics. Returns
     ``{"sp": (lo, hi), "se": (lo, hi), "score": (lo, hi), "n_valid": int, "n_boot": int}``;
     intervals are ``(nan, nan)`` when no replicate is valid. ``seed`` feeds a private
-    ``numpy.random.Generator``, so a seed fixes the result.
+    ``numpy.random.Generator``, so a seed fixes the result. ``family="sprsound"`` gives
+    intervals of SPRSound's scores instead (``sp``, ``se``, ``as``, ``hs``, ``score``).
 
     ``y_pred`` may also be (S, N): the predictions of S runs (e.g. seeds) on the same N cycles.
     A replicate then draws one set of patients for all runs and its metric is the mean of the
@@ -190,11 +240,11 @@ def patient_bootstrap_ci(
     times_drawn = times_drawn.reshape(n_boot, n_pat)  # (n_boot, P) multiplicity of each patient
     cms = (times_drawn @ per_patient).reshape(len(runs), n_boot, k, k)  # (S, n_boot, k, k)
 
-    sp, se, score = (m.mean(axis=0) for m in _sp_se_score(cms))  # (n_boot,): mean over runs
-    valid = ~np.isnan(score)
+    metrics = {k: m.mean(axis=0) for k, m in _family_scores(cms, family).items()}  # (n_boot,)
+    valid = ~np.isnan(metrics["score"])  # means over runs
     alpha = (1.0 - level) / 2.0
     out: dict[str, Any] = {}
-    for name, values in (("sp", sp), ("se", se), ("score", score)):
+    for name, values in metrics.items():
         if valid.any():
             lo, hi = np.percentile(values[valid], [100 * alpha, 100 * (1 - alpha)])
             out[name] = (float(lo), float(hi))
