@@ -309,3 +309,39 @@ def test_bootstrap_of_sprsound_scores_brackets_the_point_estimate():
     assert icbhi["score"] == ci["as"] and "hs" not in icbhi
     with pytest.raises(ValueError, match="unknown score family"):
         patient_bootstrap_ci(y_true, y_pred, patients, n_classes=7, family="f1")
+
+
+# --- training on SPRSound and scoring across data sets ----------------------------------------
+
+
+def test_train_on_sprsound_and_score_each_part_then_on_synthetic(sprsound_mini, synth_root,
+                                                                tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--profile", "smoke", "--method", "weighted_ce", "--data",
+                 str(sprsound_mini), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    last = summary["protocols"]["last"]
+    assert sum(map(sum, last["confusion"])) == 32 + 60  # scored on both test parts together
+    predictions = pd.read_csv(out / "predictions-last.csv")
+    assert len(predictions) == 92
+
+    assert main(["evaluate", str(out / "final.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "sprsound" and report["confusion"] == last["confusion"]
+    assert list(report["parts"]) == ["test_intra", "test_inter", "all"]
+    intra, inter = report["parts"]["test_intra"], report["parts"]["test_inter"]
+    assert intra["icbhi"]["n"] == 32 and inter["sprsound"]["n"] == 60
+    assert math.isclose(inter["sprsound"]["as"], inter["icbhi"]["score"])
+    assert report["parts"]["all"]["icbhi"]["score"] == report["score"]
+
+    # the same SPRSound-trained model scored on another data set, in the four shared classes
+    assert main(["evaluate", str(out / "final.pt"), "--data", str(synth_root), "--json"]) == 0
+    cross = json.loads(capsys.readouterr().out)
+    assert cross["synthetic"] is True and list(cross["parts"]) == ["test"]
+    assert list(cross["parts"]["test"]) == ["icbhi"]
+    assert main(["evaluate", str(out / "final.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "SPRSound 2022 (folder sprsound-mini)" in text
+    assert "test_inter" in text and "SPRSound Sp" in text and "· HS " in text

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpus", type=int, default=0, help="with --submit: GPUs per run")
     plan.add_argument("--partition", help="with --submit: the SLURM partition")
 
-    evaluate = commands.add_parser("evaluate", help="score a trained checkpoint on the test split")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a trained checkpoint on each test part of a data set")
     evaluate.add_argument("checkpoint", help="a run's final.pt or best-*.pt")
     evaluate.add_argument("--data", help="data folder (default: the run's data.root if it "
                                          "named one, else $ICBHI_ROOT, else data/synthetic)")
@@ -330,21 +331,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from patchmix.datasets import load_data
     from patchmix.experiment import load_trained
-    from patchmix.metrics import format_scores, icbhi_scores
+    from patchmix.metrics import format_scores, icbhi_scores, scores_by_part
     from patchmix.train import predict_proba
 
     model, cfg = load_trained(args.checkpoint)
     data_cfg = dataclasses.replace(cfg.data, root=args.data) if args.data else cfg.data
     data = load_data(data_cfg, progress=False)
-    rows = data.rows("test")
-    probs = predict_proba(model, data.features, rows, cfg.train.eval_batch_size)
-    scores = icbhi_scores(data.cycles["label"].to_numpy()[rows], probs.argmax(1))
+    rows = data.test_rows()
+    pred = predict_proba(model, data.features, rows, cfg.train.eval_batch_size).argmax(1)
+    labels = data.cycles["label"].to_numpy()[rows]
+    scores = icbhi_scores(labels, pred)  # every test part together
+    families = data.dataset.score_families
+    by_part = scores_by_part(labels, pred, data.cycles["split"].to_numpy()[rows], families)
     if args.json:
-        print(json.dumps({**scores, "data": data.root, "synthetic": data.synthetic}, indent=2))
-    else:
-        origin = "SYNTHETIC " if data.synthetic else ""
-        print(f"{len(rows)} {origin}test cycles of {data.root}: {format_scores(scores)}")
+        print(json.dumps({**scores, "data": data.root, "dataset": data.dataset.name,
+                          "synthetic": data.synthetic, "parts": by_part}, indent=2))
+        return 0
+    origin = "SYNTHETIC " if data.synthetic else ""
+    print(f"{len(rows)} {origin}test cycles of {data.describe()}")
+    for part, of_part in by_part.items():
+        for family, s in of_part.items():
+            text = (format_scores(s) if family == "icbhi" else
+                    f"Sp {s['sp']:.2f} · Se {s['se']:.2f} · AS {s['as']:.2f} · HS {s['hs']:.2f}"
+                    f" · Score {s['score']:.2f}")
+            print(f"  {part:<11}{s['n']:>6} cycles  {FAMILY_TITLES[family]:<9}{text}")
     return 0
+
+
+FAMILY_TITLES = {"icbhi": "ICBHI", "sprsound": "SPRSound"}
 
 
 def _predict(args: argparse.Namespace) -> int:

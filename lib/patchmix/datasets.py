@@ -51,6 +51,11 @@ class DataError(ValueError):
 PART_ORDER: tuple[str, ...] = ("train", "val", "test")  # other parts follow, by name
 
 
+def is_test_part(split: str) -> bool:
+    """Whether a split is a test part (``test``, or ``test_intra``, ``test_inter``, …)."""
+    return split == "test" or split.startswith("test_")
+
+
 def parts(cycles: pd.DataFrame) -> list[str]:
     """The values of ``split`` in a cycle table: train, val, test first, then any others."""
     known = {p: i for i, p in enumerate(PART_ORDER)}
@@ -96,6 +101,8 @@ class DataSet:
     # the `patchmix data check` report; a data set's own adds its own keys to these
     summarize: Callable[[pd.DataFrame], dict[str, Any]] = summarize_cycles
     synthetic: bool = False  # numbers from it are never numbers of a real data set
+    # the score families its tables report (`patchmix.metrics.SCORE_FAMILIES`)
+    score_families: tuple[str, ...] = ("icbhi",)
     fallback: bool = False  # tried after every other set (it gives the clearest errors)
 
     def describe(self, root: str | os.PathLike) -> str:
@@ -191,6 +198,18 @@ class Data:
     def rows(self, split: str) -> np.ndarray:
         """Row positions of one split."""
         return np.flatnonzero(self.cycles["split"].to_numpy() == split)
+
+    def test_parts(self) -> list[str]:
+        """The test parts: ``test`` (ICBHI, synthetic), or ``test_intra`` and ``test_inter``
+        (SPRSound): every split named ``test`` or ``test_…``."""
+        return [p for p in parts(self.cycles) if is_test_part(p)]
+
+    def test_rows(self) -> np.ndarray:
+        """Row positions of every test part, in table order: what training scores each epoch
+        on (a data set with several test parts is scored on all of them together, and each
+        part is scored apart from the predictions)."""
+        split = self.cycles["split"].astype(str)
+        return np.flatnonzero((split == "test") | split.str.startswith("test_"))
 
     def describe(self) -> str:
         """How tables name this data (`DataSet.describe`)."""

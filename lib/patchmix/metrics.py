@@ -165,6 +165,32 @@ def sprsound_scores(y_true: Any, y_pred: Any, n_classes: int = 7) -> dict:
             "confusion": cm.tolist()}
 
 
+def family_scores(y_true: Any, y_pred: Any, family: str = "icbhi", n_classes: int = 4) -> dict:
+    """`icbhi_scores` or `sprsound_scores` by the family's name (`SCORE_FAMILIES`)."""
+    if family not in SCORE_FAMILIES:
+        raise ValueError(f"unknown score family {family!r}; choose from "
+                         f"{', '.join(SCORE_FAMILIES)}")
+    scorer = icbhi_scores if family == "icbhi" else sprsound_scores
+    return scorer(y_true, y_pred, n_classes)
+
+
+def scores_by_part(y_true: Any, y_pred: Any, parts: Any, families: Sequence[str] = ("icbhi",),
+                   n_classes: int = 4) -> dict[str, dict[str, dict]]:
+    """Scores of each part (e.g. ``test_intra`` and ``test_inter``) and, when there are
+    several, of all of them together (``"all"``): ``{part: {family: scores}}``, parts in the
+    order they first appear."""
+    t, p = _checked(y_true, y_pred, n_classes)
+    names = np.asarray(parts).astype(str)
+    if len(names) != len(t):
+        raise ValueError(f"parts must have one entry per cycle ({len(t)}), got {len(names)}")
+    order = list(dict.fromkeys(names.tolist()))
+    masks = {part: names == part for part in order}
+    if len(order) > 1:
+        masks["all"] = np.ones(len(t), dtype=bool)
+    return {part: {f: family_scores(t[m], p[m], f, n_classes) for f in families}
+            for part, m in masks.items()}
+
+
 def to_binary(y: Any) -> np.ndarray:
     """Map 4-class ICBHI labels to normal (0) vs abnormal (1) as an int64 array."""
     arr = _labels(y, "y")

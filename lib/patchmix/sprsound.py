@@ -397,4 +397,4 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
 
 
 register_dataset(DataSet("sprsound", "SPRSound 2022", read_sprsound, detect=_is_sprsound,
-                         summarize=summarize))
+                         summarize=summarize, score_families=("icbhi", "sprsound")))

@@ -309,7 +309,7 @@ def _fit(cfg: ExperimentConfig, data: Data, out: Path, job: distributed.Dist,
     if writes:
         write_json_atomic(out / "config.json", to_dict(cfg))
     started = time.perf_counter()
-    test_rows, val_rows = data.rows("test"), data.rows("val")
+    test_rows, val_rows = data.test_rows(), data.rows("val")
     labels = data.cycles["label"].to_numpy()
     for epoch in range(start, cfg.train.epochs + 1):
         losses = run.train_epoch(epoch, progress)
