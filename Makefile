@@ -21,6 +21,10 @@ ICBHI_ROOT ?=
 WEIGHTS ?=
 # seeds per method in the notebooks; empty → each notebook's default
 SEEDS ?=
+# SPRSound folder (a clone of the official repository, or its BioCAS2022/): notebook 06 runs
+# on it; unset → 06 is skipped and its committed outputs stay
+SPRSOUND_ROOT ?=
+export SPRSOUND_ROOT
 # Only the default run (demo profile, synthetic data, each notebook's seeds) rewrites the
 # committed figures/, results/ and docs/notebooks/; any other lands in out/<profile>/
 # (override: OUTPUTS=dir).
@@ -31,6 +35,8 @@ export PATCHMIX_CACHE ?= $(CURDIR)/.cache/patchmix
 
 PLAN_ARGS := --profile $(PROFILE) --data '$(ICBHI_ROOT)' --weights '$(WEIGHTS)' \
 	$(if $(SEEDS),--seeds $(SEEDS))
+# shipped/ holds the shared data's runs only: 06's data set is not in the repository
+SHARED_ONLY := --sprsound ''
 # the default run checks itself against the runs committed in shipped/ (made by make ship)
 CHECK_SHIPPED := $(filter .,$(OUTPUTS))
 
@@ -44,7 +50,11 @@ help:
 	@echo "                 Trains every run into runs/ first (a local pool: cores / threads per"
 	@echo "                 run at once), ignoring shipped/; the default run then compares its"
 	@echo "                 runs with shipped/ and fails with a table of what differs"
-	@echo "make render      figures/, results/, docs/notebooks/ from the shipped runs (no training)"
+	@echo "                 With SPRSOUND_ROOT=<SPRSound folder> also notebook 06 on real lung"
+	@echo "                 sounds (6 runs, about an hour on 2 cores); without, 06's committed"
+	@echo "                 outputs stay"
+	@echo "make render      figures/, results/, docs/notebooks/ from the shipped runs (no training;"
+	@echo "                 06 is left as committed)"
 	@echo "make ship        replace shipped/ with the demo runs in runs/ (after make reproduce)"
 	@echo "make test        ruff + the whole pytest suite"
 	@echo "make lab         build the data if needed, then JupyterLab on notebooks/"
@@ -73,32 +83,36 @@ $(SYNTH_DIR)/synthetic.json: lib/patchmix/synth.py | $(STAMP)
 data: setup $(if $(ICBHI_ROOT),,$(SYNTH_DIR)/synthetic.json)
 	$(BIN)/patchmix data check $(DATA)
 	$(BIN)/patchmix data features $(DATA)
+	$(if $(SPRSOUND_ROOT),$(BIN)/patchmix data check '$(SPRSOUND_ROOT)')
+	$(if $(SPRSOUND_ROOT),$(BIN)/patchmix data features '$(SPRSOUND_ROOT)')
 
 # Train first (on the pool), so the notebooks only read runs/; with PATCHMIX_SHIPPED=off a run
 # the plan missed trains in its notebook rather than being read from shipped/.
 reproduce: data train
 	PATCHMIX_SHIPPED=off $(MAKE) --no-print-directory notebooks
 	$(if $(CHECK_SHIPPED),$(if $(wildcard shipped/PROVENANCE.json),$(BIN)/patchmix plan \
-		$(PLAN_ARGS) --compare shipped,@echo "no shipped/ runs to compare with (make ship)"))
+		$(PLAN_ARGS) $(SHARED_ONLY) --compare shipped,@echo "no shipped/ runs to compare with \
+		(make ship)"))
 
 train: data
-	$(BIN)/patchmix plan $(PLAN_ARGS) --run
+	$(BIN)/patchmix plan $(PLAN_ARGS) --sprsound '$(SPRSOUND_ROOT)' --run
 
 notebooks: setup
 	$(BIN)/python -m patchmix.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
-		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS)) --outputs '$(OUTPUTS)'
+		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS)) --outputs '$(OUTPUTS)' \
+		--sprsound '$(SPRSOUND_ROOT)'
 
 # An empty run cache, so that every run comes from shipped/; one that had to train fails it.
 RENDER_RUNS := out/render/runs
 render: data
 	rm -rf $(RENDER_RUNS)
-	PATCHMIX_RUNS=$(RENDER_RUNS) $(MAKE) --no-print-directory notebooks
+	PATCHMIX_RUNS=$(RENDER_RUNS) $(MAKE) --no-print-directory notebooks SPRSOUND_ROOT=
 	@if [ -n "$$(ls -A $(RENDER_RUNS) 2>/dev/null)" ]; then \
 		echo "error: shipped/ lacks runs the notebooks need; they trained into $(RENDER_RUNS)/"; \
 		exit 1; fi
 
 ship: setup
-	$(BIN)/patchmix plan $(PLAN_ARGS) --export shipped
+	$(BIN)/patchmix plan $(PLAN_ARGS) $(SHARED_ONLY) --export shipped
 
 # the notebooks need the data set (and its features) before their first cell runs
 lab: data

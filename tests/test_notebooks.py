@@ -13,9 +13,12 @@ import os
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
+from conftest import in_ci, sprsound_mini_root
 
+from patchmix.experiment import NOTEBOOK_DATA
 from patchmix.notebooks import execute
 from patchmix.report import INDEX_FILES, NOTEBOOKS, notebook_of, readme_table
 from patchmix.synth import make_synthetic_icbhi
@@ -26,7 +29,13 @@ NOTEBOOK_DIR = REPO / "notebooks"
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Run all notebooks once (smoke profile) and return where everything went."""
+    """Run all notebooks once (smoke profile) and return where everything went. Notebook 06
+    runs on the SPRSound subset (`sprsound_mini_root`); without it, 06 is left out (in CI its
+    absence fails)."""
+    sprsound = sprsound_mini_root()
+    if sprsound is None and in_ci():
+        pytest.fail("CI needs the SPRSound subset for notebook 06 (set SPRSOUND_MINI)")
+    names = [n for n in NOTEBOOKS if n not in NOTEBOOK_DATA or sprsound is not None]
     base = tmp_path_factory.mktemp("notebooks")
     data = make_synthetic_icbhi(base / "data", n_recordings=16, seed=3, progress=False).root
     env = {"PATCHMIX_CACHE": str(base / "cache"), "PATCHMIX_RUNS": str(base / "runs")}
@@ -36,9 +45,10 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     executed_dir.mkdir()
     errors, run_counts = {}, {}
     try:
-        for name in NOTEBOOKS:
+        for name in names:
             try:
                 execute(name, {"PROFILE": "smoke", "DATA_ROOT": str(data),
+                               "SPRSOUND_ROOT": str(sprsound),
                                "FIGURES_DIR": str(figures), "RESULTS_DIR": str(results)},
                         notebook_dir=NOTEBOOK_DIR, executed_dir=executed_dir, html=False,
                         timeout=600)
@@ -53,12 +63,12 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict:
             else:
                 os.environ[k] = v
     return {"figures": figures, "results": results, "executed": executed_dir,
-            "errors": errors, "run_counts": run_counts}
+            "errors": errors, "run_counts": run_counts, "names": names}
 
 
 def test_every_notebook_runs_in_smoke(executed: dict) -> None:
     assert executed["errors"] == {}
-    for name in NOTEBOOKS:
+    for name in executed["names"]:
         assert (executed["executed"] / f"{name}.ipynb").is_file()
 
 
@@ -74,7 +84,7 @@ def test_outputs_are_named_after_exactly_one_notebook(executed: dict) -> None:
 def test_every_notebook_wrote_outputs_listed_in_the_manifest(executed: dict) -> None:
     manifest = json.loads((executed["results"] / "manifest.json").read_text())
     by_notebook = {nb: [f for f, info in manifest.items() if info["notebook"] == nb]
-                   for nb in NOTEBOOKS}
+                   for nb in executed["names"]}
     assert all(by_notebook.values()), {nb: len(f) for nb, f in by_notebook.items()}
     on_disk = {f"{d}/{p.name}" for d in ("figures", "results") for p in executed[d].iterdir()
                if p.name not in INDEX_FILES}
@@ -83,7 +93,27 @@ def test_every_notebook_wrote_outputs_listed_in_the_manifest(executed: dict) -> 
     readme = (executed["results"] / "README.md").read_text()
     for name, info in manifest.items():
         assert f"`{name}`" in readme
-        assert info["profile"] == "smoke" and "synthetic" in info["data"]
+        assert info["profile"] == "smoke"
+        assert ("SPRSound 2022" if info["notebook"] in NOTEBOOK_DATA else "synthetic") in \
+            info["data"]
+
+
+def test_the_real_data_notebook_scores_each_part_in_both_families(executed: dict) -> None:
+    if "06_real_lung_sounds" not in executed["names"]:
+        pytest.skip("no SPRSound subset (set SPRSOUND_MINI)")
+    results = executed["results"]
+    scores = pd.read_csv(results / "06_real_lung_sounds-scores.csv")
+    last = scores[scores["protocol"] == "last"]
+    assert set(last["part"]) == {"test_intra", "test_inter", "all"}
+    assert set(last["family"]) == {"icbhi", "sprsound"}
+    assert set(last["method"]) == {"weighted_ce", "ce", "patchmix_cl"}
+    assert (last["seeds"] == 2).all() and last["score_lo"].notna().all()
+    per_seed = pd.read_csv(results / "06_real_lung_sounds-scores_per_seed.csv")
+    assert set(per_seed.query("part == 'test_inter'")["n"]) == {60}  # the subset's inter events
+    cross = pd.read_csv(results / "06_real_lung_sounds-cross_dataset.csv")
+    assert set(cross["trained_on"]) == {"SPRSound 2022", "synthetic stand-in, not ICBHI"}
+    events = pd.read_csv(results / "06_real_lung_sounds-event_types.csv")
+    assert events["total"].sum() == 289  # sprsound-mini's 197 + 32 + 60 events
 
 
 def test_paper_tables_say_synthetic_and_show_the_paper(executed: dict) -> None:
@@ -209,6 +239,27 @@ def test_make_reproduce_trains_first_and_checks_only_the_default_run_against_shi
     assert "--export shipped" in dry("ship")
 
 
+def test_make_takes_sprsound_for_notebook_06_only_where_it_trains_and_runs() -> None:
+    """SPRSOUND_ROOT reaches the data step, the plan's training and the notebooks; the check
+    against shipped/, make ship and make render leave 06 out (its data is not in the repo)."""
+    import subprocess
+
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-C", str(REPO), *args], check=True,
+                              capture_output=True, text=True,
+                              env={**os.environ, "ICBHI_ROOT": "", "SPRSOUND_ROOT": ""}).stdout
+
+    with_it = dry("reproduce", "SPRSOUND_ROOT=/data/sprsound")
+    assert "data check '/data/sprsound'" in with_it and "data features '/data/sprsound'" in with_it
+    assert "--sprsound '/data/sprsound' --run" in with_it
+    assert "--outputs '.'" in with_it and "--sprsound '/data/sprsound'" in with_it.split(
+        "patchmix.notebooks")[1]
+    assert "--sprsound '' --compare shipped" in with_it
+    assert "--sprsound '' --export shipped" in dry("ship", "SPRSOUND_ROOT=/data/sprsound")
+    assert "SPRSOUND_ROOT=" in dry("render", "SPRSOUND_ROOT=/data/sprsound")
+    assert "/data/sprsound" not in dry("reproduce")  # without it: nothing of SPRSound
+
+
 def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, tmp_path) -> None:
     from patchmix.notebooks import readable_copy
 
@@ -228,3 +279,15 @@ def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, t
     text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
     up = "](../"  # links out of notebooks/ gain one level from the copy's folder
     assert f"{up}../docs/method.md)" in text and f"{up}docs/" not in text
+
+
+def test_the_readable_copy_keeps_only_the_folder_name_of_an_absolute_parameter(tmp_path) -> None:
+    from patchmix.notebooks import readable_copy
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        'SPRSOUND_ROOT = "/home/someone/data/SPRSound"\nFIGURES_DIR = "figures"',
+        metadata={"tags": ["injected-parameters"]})])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    readable_copy(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    source = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].source
+    assert source == 'SPRSOUND_ROOT = "…/SPRSound"\nFIGURES_DIR = "figures"'

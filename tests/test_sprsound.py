@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -26,9 +25,6 @@ from patchmix.sprsound import (
     summarize,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MINI = REPO.parent / "shared" / "data" / "sprsound-mini"
-
 # sprsound-mini's README, per part: recordings, patients, events by type, record labels
 README = {
     "train": (50, 41, dict(N=137, FC=26, CC=6, W=14, R=3, S=4, WC=7), (28, 9, 6, 4, 3)),
@@ -37,20 +33,6 @@ README = {
 }
 ABBREVIATION = {"N": "Normal", "FC": "Fine Crackle", "CC": "Coarse Crackle", "W": "Wheeze",
                 "R": "Rhonchi", "S": "Stridor", "WC": "Wheeze+Crackle"}
-
-
-@pytest.fixture(scope="session")
-def sprsound_mini() -> Path:
-    """The 80 real SPRSound recordings: ``$SPRSOUND_MINI`` or ``../shared/data/sprsound-mini``.
-
-    Skipped on a developer machine without them; in CI (``CI=true``) their absence fails.
-    """
-    root = Path(os.environ.get("SPRSOUND_MINI") or DEFAULT_MINI)
-    if not (root / "BioCAS2022").is_dir():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs the SPRSound subset at {root} (set SPRSOUND_MINI)")
-        pytest.skip(f"no SPRSound subset at {root} (set SPRSOUND_MINI)")
-    return root
 
 
 def older_layout(mini: Path, dest: Path) -> Path:

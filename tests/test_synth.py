@@ -279,32 +279,34 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def test_wheezes_are_narrowband_peaks_and_crackles_are_transients(synth):
-    """Measured on the files, averaged over cycles (log scale: recordings differ a lot)."""
+    """Measured on the files, averaged over cycles (log scale: recordings differ a lot).
+
+    Since the calibration to real recordings (generator 1.1), normal cycles carry clicks as
+    real ones do: crackle cycles hold more and stronger transients, but no longer alone."""
     root, _ = synth
     labels, tonal, transient = cycle_features(root)
     normal, crackle, wheeze, both = (labels == k for k in range(4))
     assert min(normal.sum(), crackle.sum(), wheeze.sum(), both.sum()) >= 2
     tonal, transient = np.log10(tonal), np.log10(transient)
-    # wheeze cycles: a narrowband 100-1000 Hz peak far above what normal cycles show
-    assert tonal[wheeze].mean() - tonal[normal].mean() > 0.5  # > 3x on average
+    # wheeze cycles: a narrowband 100-1000 Hz peak well above what normal cycles show
+    assert tonal[wheeze].mean() - tonal[normal].mean() > 0.3  # > 2x on average
     assert tonal[both].mean() - tonal[normal].mean() > 0.3
-    assert auc(tonal[wheeze | both], tonal[normal]) > 0.75
+    assert auc(tonal[wheeze | both], tonal[normal]) > 0.7
     assert auc(tonal[crackle], tonal[normal]) < 0.85  # crackles are not tonal
-    # crackle cycles: short high-amplitude transients that normal (and wheeze) cycles lack
-    assert transient[crackle].mean() - transient[normal].mean() > 0.5
-    assert transient[both].mean() - transient[normal].mean() > 0.2
-    assert auc(transient[crackle | both], transient[normal]) > 0.75
+    # crackle cycles: more short high-amplitude transients than normal (and wheeze) cycles
+    assert transient[crackle].mean() - transient[normal].mean() > 0.2
+    assert auc(transient[crackle], transient[normal]) > 0.55
     assert auc(transient[wheeze], transient[normal]) < 0.85
-    # not trivial: faint events in hard recordings overlap with normal cycles
-    assert auc(transient[crackle], transient[normal]) < 0.995
-    # ... and a heavy-tailed amplitude distribution above 400 Hz
+    # not trivial: clicks in every recording, faint crackles in hard ones
+    assert auc(transient[crackle | both], transient[normal]) < 0.9
+    # ... and a heavier-tailed amplitude distribution above 400 Hz than normal cycles
     kurt: dict[int, list[float]] = {k: [] for k in range(4)}
     for stem, rows in annotations(root).items():
         x, fs = sf.read(str(root / DB / f"{stem}.wav"))
         high = signal.sosfiltfilt(signal.butter(4, 400, "highpass", fs=fs, output="sos"), x)
         for start, end, c, w in rows:
             kurt[c + 2 * w].append(stats.kurtosis(high[int(start * fs): int(end * fs)]))
-    assert np.mean(kurt[1]) > 3 * np.mean(kurt[0]) and np.median(kurt[1]) > np.median(kurt[0])
+    assert np.median(kurt[1]) > 1.2 * np.median(kurt[0]) and np.mean(kurt[1]) > np.mean(kurt[0])
 
 
 def test_breath_sounds_are_low_frequency_and_heart_sounds_present(synth):

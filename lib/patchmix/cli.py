@@ -9,6 +9,7 @@ leave no half-written file behind.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -82,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config overrides, e.g. epochs=3 train.lr=1e-4")
 
+    calibrate = commands.add_parser("calibrate", help="measure how data sets sound, per "
+                                    "class (synthetic against real), side by side")
+    calibrate.add_argument("sets", nargs="+", metavar="NAME=ROOT[+ROOT…]",
+                           help="a data set to measure and how tables name it; several "
+                                "folders joined by + are measured as one")
+    calibrate.add_argument("--per-class", type=int, default=0, help="at most this many cycles "
+                           "of each class per data set, drawn with --seed (0: all)")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--out", required=True, help="folder for summary.csv, summary.md "
+                           "and comparison.png")
+
     plan = commands.add_parser("plan", help="the runs a profile's notebooks need, as commands "
                                             "(--run: train them on a local pool)")
     plan.add_argument("--profile", default="demo", help=f"{' | '.join(PROFILES)} (default demo)")
@@ -90,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--weights", default="", help="AudioSet checkpoint (profile paper)")
     plan.add_argument("--seeds", type=int, default=0, help="seeds per method (0: each "
                                                            "notebook's default)")
+    plan.add_argument("--sprsound", default=None, help="SPRSound folder, for notebook 06's "
+                      "runs (default $SPRSOUND_ROOT; '' or neither: 06's runs are left out)")
     plan.add_argument("--notebooks", nargs="*", help="only the runs of these notebooks")
     plan.add_argument("--all", action="store_true", help="list finished runs too")
     plan.add_argument("--run", action="store_true", help="train the unfinished runs")
@@ -154,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         parser.print_help()
         return 0 if args.command is None else 2
     except BrokenPipeError:  # the reader of the output left early (`| head`): not an error
@@ -203,6 +219,37 @@ def _data_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from patchmix import calibration, plots
+    from patchmix.datasets import read_cycles
+    from patchmix.report import markdown_table
+
+    plots.use_style()  # the notebooks' figure style
+    measured = []
+    for spec in args.sets:
+        name, sep, roots = spec.partition("=")
+        if not sep or not name or not roots:
+            raise ValueError(f"{spec!r}: write a data set as NAME=ROOT (or NAME=ROOT+ROOT)")
+        parts = []
+        for root in roots.split("+"):
+            cycles = read_cycles(root)[1]
+            if args.per_class:
+                cycles = calibration.subsample(cycles, args.per_class, seed=args.seed)
+            parts.append(calibration.measure_cycles(cycles, name))
+        measured.append(calibration.concat(parts, name) if len(parts) > 1 else parts[0])
+        print(f"{name}: {len(measured[-1].table)} cycles of "
+              f"{measured[-1].table['recording'].nunique()} recordings", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = calibration.side_by_side([calibration.class_summary(m) for m in measured])
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown_table(table) + "\n", encoding="utf-8")
+    calibration.comparison_figure({m.name: m for m in measured}).savefig(out / "comparison.png")
+    print(markdown_table(table))
+    print(f"wrote {out}/summary.csv, summary.md and comparison.png", file=sys.stderr)
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from patchmix.synth import make_synthetic_icbhi
 
@@ -226,10 +273,11 @@ def _plan(args: argparse.Namespace) -> int:
     logs = Path(args.submit).resolve() if args.submit else None
     export_to = Path(args.export).resolve() if args.export else None
     os.chdir(project_root())
+    roots = None if args.sprsound is None else {"sprsound": args.sprsound}
     plan = jobs(args.profile, data_root=args.data, weights=args.weights, seeds=args.seeds,
-                notebooks=args.notebooks or NOTEBOOKS)
-    data = load_data(plan[0].cfg.data, progress=True) if plan else None  # features once
-    todo = pending(plan, runs_dir(), data) if plan else []
+                notebooks=args.notebooks or NOTEBOOKS, data_roots=roots)
+    data = functools.cache(lambda cfg: load_data(cfg, progress=True))  # each data set once
+    todo = pending(plan, runs_dir(), data)
     shown = plan if args.all else todo
     print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
           f"{runs_dir()}/", file=sys.stderr)
@@ -331,24 +379,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from patchmix.datasets import load_data
     from patchmix.experiment import load_trained
-    from patchmix.metrics import format_scores, icbhi_scores, scores_by_part
-    from patchmix.train import predict_proba
+    from patchmix.metrics import format_scores
+    from patchmix.scoring import ALL, model_scores
 
     model, cfg = load_trained(args.checkpoint)
     data_cfg = dataclasses.replace(cfg.data, root=args.data) if args.data else cfg.data
     data = load_data(data_cfg, progress=False)
-    rows = data.test_rows()
-    pred = predict_proba(model, data.features, rows, cfg.train.eval_batch_size).argmax(1)
-    labels = data.cycles["label"].to_numpy()[rows]
-    scores = icbhi_scores(labels, pred)  # every test part together
-    families = data.dataset.score_families
-    by_part = scores_by_part(labels, pred, data.cycles["split"].to_numpy()[rows], families)
+    by_part = model_scores(model, data, cfg.train.eval_batch_size)
+    scores = by_part.get(ALL, next(iter(by_part.values())))["icbhi"]  # every part together
     if args.json:
         print(json.dumps({**scores, "data": data.root, "dataset": data.dataset.name,
                           "synthetic": data.synthetic, "parts": by_part}, indent=2))
         return 0
     origin = "SYNTHETIC " if data.synthetic else ""
-    print(f"{len(rows)} {origin}test cycles of {data.describe()}")
+    print(f"{scores['n']} {origin}test cycles of {data.describe()}")
     for part, of_part in by_part.items():
         for family, s in of_part.items():
             text = (format_scores(s) if family == "icbhi" else

@@ -463,16 +463,34 @@ def notebook_config(profile_name: str, *, data_root: str = "", weights: str = ""
     switches the model to ``weights=audioset``. `overrides` is a space-separated list of
     ``key=value`` items, as `with_overrides` takes them (``"epochs=5 lr=1e-3"``). `knobs` maps
     names of `KNOBS` to typed values; None keeps the profile's value. Knobs apply last.
+
+    A data set may set its own epochs for a profile (`patchmix.datasets.DataSet.
+    profile_epochs`: SPRSound's for ``demo``); they apply when `data_root` is that data set's
+    folder and neither `overrides` nor the ``epochs`` knob sets the epochs.
     """
     items = [f"data.root={data_root}"] if data_root else []
     if weights:
         items += ["model.weights=audioset", f"model.audioset_checkpoint={weights}"]
     cfg = with_overrides(profile(profile_name), items + overrides.split())
+    epochs_set = any(_resolve_key(cfg, item.split("=", 1)[0]) == ("train", "epochs")
+                     for item in overrides.split())
+    if data_root and not epochs_set:
+        cfg = with_values(cfg, _dataset_epochs(data_root, profile_name))
     unknown = sorted(set(knobs or {}) - set(KNOBS))
     if unknown:
         raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
     chosen = {KNOBS[name].path: v for name, v in (knobs or {}).items() if v is not None}
     return with_values(cfg, chosen)
+
+
+def _dataset_epochs(root: str, profile_name: str) -> dict[str, Any]:
+    from patchmix.datasets import DataError, find_dataset  # noqa: PLC0415 - datasets imports us
+
+    try:
+        epochs = find_dataset(root).profile_epochs.get(profile_name)
+    except DataError:  # no such folder yet: loading the data will say so
+        return {}
+    return {"train.epochs": epochs} if epochs else {}
 
 
 def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,15 @@ class DataSet:
     # the score families its tables report (`patchmix.metrics.SCORE_FAMILIES`)
     score_families: tuple[str, ...] = ("icbhi",)
     fallback: bool = False  # tried after every other set (it gives the clearest errors)
+    # which version of its files a folder holds, where the same names and sizes can hold other
+    # sound (the synthetic set's generator version); "" for a release whose files never change
+    release: Callable[[Path], str] = lambda root: ""
+    # the environment variable naming its folder, for notebooks that train on it by name
+    root_env: str = ""
+    where_to_get: str = ""  # one line for the error when its folder is not given
+    # training epochs per profile where the profile's own do not suit the set's size (a
+    # notebook's EPOCHS or an explicit override still wins: `patchmix.config.notebook_config`)
+    profile_epochs: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def describe(self, root: str | os.PathLike) -> str:
         """How a table names data read from `root`: the title and only the folder's name,
@@ -158,6 +167,21 @@ def find_dataset(root: str | os.PathLike) -> DataSet:
         if dataset.detect(path):
             return dataset
     raise DataError(f"{root}: not a folder of any known data set ({', '.join(dataset_names())})")
+
+
+def dataset_root(name: str, root: str = "", *, required: bool = True) -> str:
+    """The folder of the registered data set `name`: `root`, else its environment variable
+    (`DataSet.root_env`, e.g. ``$SPRSOUND_ROOT``). When neither names one: a DataError that
+    says how to get it, or ``""`` if not `required`."""
+    if root:
+        return root
+    dataset = get_dataset(name)
+    found = os.environ.get(dataset.root_env, "") if dataset.root_env else ""
+    if not found and required:
+        raise DataError(f"no {dataset.title} folder: set {dataset.root_env or 'its folder'}"
+                        f"=… (or the notebook's parameter){'; ' if dataset.where_to_get else ''}"
+                        f"{dataset.where_to_get}")
+    return found
 
 
 def resolve_root(cfg: DataConfig) -> str:
@@ -217,19 +241,23 @@ class Data:
 
     def identity(self) -> str:
         """What the run cache keys this data by: the data set, every cycle's recording (file
-        name and size) and boundaries, its label and its split. Anything that changes a
-        training run's inputs or targets changes it; the folder's place and the files' dates
-        do not, so a copied or freshly built data set (``make data`` in a new clone) finds the
-        runs trained on the same data elsewhere, the shipped ones included. (The feature
-        cache, which never leaves the machine, also checks each file's mtime.)"""
+        name and size) and boundaries, its label and its split, and the files' version where
+        the data set has one (`DataSet.release`: a synthetic set from another generator version
+        has the same names and sizes but other sound). Anything that changes a training run's
+        inputs or targets changes it; the folder's place and the files' dates do not, so a
+        copied or freshly built data set (``make data`` in a new clone) finds the runs trained
+        on the same data elsewhere, the shipped ones included. (The feature cache, which never
+        leaves the machine, also checks each file's mtime.)"""
         from patchmix.features import CACHE_VERSION  # noqa: PLC0415 - features imports this module
 
         sizes = {p: os.stat(p).st_size for p in self.cycles["path"].unique()}
         rows = [[Path(p).name, sizes[p], repr(float(s)), repr(float(e))] for p, s, e in
                 zip(self.cycles["path"], self.cycles["start"], self.cycles["end"], strict=True)]
+        release = self.dataset.release(Path(self.root))  # e.g. the synthetic generator's
         return config_hash({"dataset": self.dataset.name, "features_version": CACHE_VERSION,
                             "rows": rows, "labels": self.cycles["label"].astype(int).tolist(),
-                            "split": self.cycles["split"].astype(str).tolist()}, 24)
+                            "split": self.cycles["split"].astype(str).tolist(),
+                            **({"release": release} if release else {})}, 24)
 
 
 def load_data(cfg: DataConfig, *, progress: bool = True) -> Data:

@@ -39,7 +39,7 @@ from patchmix.config import (
     to_dict,
     with_values,
 )
-from patchmix.datasets import CLASSES, Data, load_data
+from patchmix.datasets import CLASSES, Data, dataset_root, load_data
 from patchmix.methods import Method, baseline_methods, method_names, method_with_role
 from patchmix.metrics import icbhi_scores_2class_from_4, patient_bootstrap_ci
 from patchmix.model import AST, build_model
@@ -67,8 +67,12 @@ def shipped_dir() -> Path | None:
 def run_key(cfg: ExperimentConfig, data: Data, processes: int = 1) -> str:
     """The run's cache name: hash of the configuration, of the data's identity and, for a run
     over several processes (``torchrun``), of their number — its numbers differ from one
-    process's in the last bits, so it is a different run."""
-    key: dict[str, Any] = {"config": to_dict(cfg), "data": data.identity()}
+    process's in the last bits, so it is a different run.
+
+    The data folder's path (``data.root``) is left out: `Data.identity` names the data, so the
+    same recordings read from another folder or machine find the same run."""
+    anywhere = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=""))
+    key: dict[str, Any] = {"config": to_dict(anywhere), "data": data.identity()}
     if processes > 1:
         key["processes"] = processes
     return config_hash(key)
@@ -175,8 +179,23 @@ NOTEBOOK_RUNS: dict[str, tuple[str, ...]] = {
     # 04 and 05 train nothing of their own: they read what 02 and 03 trained from the run cache
     "04_latent_umap": ("comparison",),
     "05_paper_tables": ("baselines", "comparison"),
+    # weighted CE, CE and Patch-Mix CL on real lung sounds
+    "06_real_lung_sounds": ("paper_baseline", "comparison"),
 }
 """Which groups of runs each notebook needs."""
+
+NOTEBOOK_DATA: dict[str, str] = {"06_real_lung_sounds": "sprsound"}
+"""Notebooks that train on a data set of their own (by registered name) rather than on the
+folder the others share (``DATA_ROOT``: ICBHI or the synthetic set). Its folder comes from the
+data set's environment variable (`patchmix.datasets.dataset_root`); without it the notebook
+is skipped and its committed outputs stay."""
+
+
+def notebook_roots(given: dict[str, str] | None = None) -> dict[str, str]:
+    """The folder of each notebook of `NOTEBOOK_DATA`: `given` by data set name (``""``:
+    none), else the data set's environment variable, else ``""``: the notebook is skipped."""
+    return {notebook: (given or {}).get(name, dataset_root(name, required=False))
+            for notebook, name in NOTEBOOK_DATA.items()}
 
 WEIGHTS_READ: tuple[str, ...] = ("comparison",)
 """The groups whose trained weights notebooks open (03's loss anatomy, 04's encodings), not

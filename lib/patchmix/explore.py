@@ -34,11 +34,12 @@ from patchmix.audio import cut, fix_length, load_wav, prepare_recording, recordi
 from patchmix.config import FeatureConfig
 from patchmix.datasets import CLASSES
 from patchmix.features import fbank
+from patchmix.metrics import ALL  # the split label of rows that count every split together
 from patchmix.plots import CLASS_COLORS, DEVICE_COLORS, PALETTE, mel_ticks
 
-SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
-SPLIT_COLORS: dict[str, str] = {"train": PALETTE[5], "val": PALETTE[2], "test": PALETTE[4]}
-ALL = "all"  # the split label of the rows that count every split together
+SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test", "test_intra", "test_inter")
+SPLIT_COLORS: dict[str, str] = {"train": PALETTE[5], "val": PALETTE[2], "test": PALETTE[4],
+                                "test_intra": PALETTE[4], "test_inter": PALETTE[3]}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -163,15 +164,21 @@ def split_shift(cycles: pd.DataFrame, column: str, a: str = "train", b: str = "t
 
 
 def class_mix_line(cycles: pd.DataFrame) -> str:
-    """One line on how the class mix of train and test differs in `cycles`, from the table."""
+    """How the class mix of train and of each test part (``test``, or SPRSound's
+    ``test_intra`` and ``test_inter``) differs in `cycles`, one line per test part."""
     counts = class_counts(cycles)
-    if not {"train", "test"} <= set(counts["split"]):
+    tests = [s for s in splits(cycles) if s == "test" or s.startswith("test_")]
+    if "train" not in set(counts["split"]) or not tests:
         return "class mix: this data has no train/test pair to compare"
     share = counts.pivot(index="class", columns="split", values="percent").reindex(CLASSES)
-    parts = ", ".join(f"{c} {share.loc[c, 'train']:.0f} % / {share.loc[c, 'test']:.0f} %"
-                      for c in CLASSES)
-    return (f"class mix, train / test: {parts}; the two mixes differ by "
-            f"{split_shift(cycles, 'label'):.0f} points (0 = same mix, 100 = disjoint)")
+    lines = []
+    for test in tests:
+        parts = ", ".join(f"{c} {share.loc[c, 'train']:.0f} % / {share.loc[c, test]:.0f} %"
+                          for c in CLASSES)
+        lines.append(f"class mix, train / {test}: {parts}; the two mixes differ by "
+                     f"{split_shift(cycles, 'label', b=test):.0f} points (0 = same mix, "
+                     "100 = disjoint)")
+    return "\n".join(lines)
 
 
 def device_split_line(cycles: pd.DataFrame) -> str:
@@ -477,8 +484,8 @@ def detect_events(x: np.ndarray, rate: int) -> Events:
     return Events(detect_crackles(x, rate), detect_wheezes(x, rate))
 
 
-def _recording_cuts(cycles: pd.DataFrame, cfg: FeatureConfig
-                    ) -> Iterator[tuple[pd.Series, np.ndarray]]:
+def recording_cuts(cycles: pd.DataFrame, cfg: FeatureConfig
+                   ) -> Iterator[tuple[pd.Series, np.ndarray]]:
     """(row, cut cycle) for every cycle, each recording read and prepared once."""
     for path, group in cycles.groupby("path", sort=False):
         waveform, rate = load_wav(path)
@@ -505,7 +512,7 @@ def detection_rates(cycles: pd.DataFrame, *, max_cycles: int = 300, seed: int = 
     sizes = cycles.groupby("recording").size().reindex(order)
     chosen = order[:int(np.searchsorted(np.cumsum(sizes.to_numpy()), max_cycles)) + 1]
     rows = []
-    for row, x in _recording_cuts(cycles[cycles["recording"].isin(chosen)], cfg):
+    for row, x in recording_cuts(cycles[cycles["recording"].isin(chosen)], cfg):
         events = detector(x, cfg.sample_rate)
         rows.append({"class": CLASSES[int(row["label"])], "recording": row["recording"],
                      "crackles": len(events.crackles), "wheezes": len(events.wheezes)})

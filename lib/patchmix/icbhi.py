@@ -36,6 +36,7 @@ float WAV                               handled: read as is (bit depth "float");
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -419,8 +420,18 @@ def _is_synthetic(path: Path) -> bool:
     return (top / SYNTHETIC_MARKER).is_file()
 
 
+def _generator_version(path: Path) -> str:
+    """The version of `patchmix.synth` that wrote the set at `path` (its marker's), or ""."""
+    top = path.parent if path.name in RECORDINGS_DIR_NAMES else path
+    try:
+        return str(json.loads((top / SYNTHETIC_MARKER).read_text(encoding="utf-8"))["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 register_dataset(DataSet("synthetic", "synthetic stand-in, not ICBHI", read_icbhi,
-                         detect=_is_synthetic, summarize=summarize, synthetic=True))
+                         detect=_is_synthetic, summarize=summarize, synthetic=True,
+                         release=_generator_version))
 # ICBHI is the fallback: any other folder is read as ICBHI, whose reader says what is missing
 register_dataset(DataSet("icbhi", "ICBHI 2017", read_icbhi, detect=lambda path: True,
                          summarize=summarize, fallback=True))

@@ -91,6 +91,8 @@ def _harmonic(sp: np.ndarray, se: np.ndarray) -> np.ndarray:
     return np.where(total > 0, 2 * sp * se / np.where(total > 0, total, 1.0), 0.0)
 
 
+ALL = "all"  # the part (or split) label of rows that count every part together
+
 SCORE_FAMILIES: tuple[str, ...] = ("icbhi", "sprsound")
 """How a Score is made of Sp and Se: ICBHI's mean, or SPRSound's mean of the mean (AS) and the
 harmonic mean (HS)."""
@@ -186,7 +188,7 @@ def scores_by_part(y_true: Any, y_pred: Any, parts: Any, families: Sequence[str]
     order = list(dict.fromkeys(names.tolist()))
     masks = {part: names == part for part in order}
     if len(order) > 1:
-        masks["all"] = np.ones(len(t), dtype=bool)
+        masks[ALL] = np.ones(len(t), dtype=bool)
     return {part: {f: family_scores(t[m], p[m], f, n_classes) for f in families}
             for part, m in masks.items()}
 

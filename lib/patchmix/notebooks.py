@@ -5,12 +5,13 @@ configuration (profile, data folder, weights, overrides, typed knobs), the data 
 the outputs and the runs the notebook needs (`patchmix.experiment.NOTEBOOK_RUNS`).
 
 ``python -m patchmix.notebooks --profile demo [--data ROOT] [--weights FILE] [--seeds N]
-[--outputs DIR]`` (what ``make reproduce`` runs) executes ``notebooks/01_…`` to ``05_…``
-headlessly, writes their figures and tables under ``DIR/figures`` and ``DIR/results`` (default
-``out/<profile>``; ``make reproduce`` passes ``.`` for the committed demo outputs), keeps the
-executed copies and their HTML under ``out/executed/``, and prints (and saves as
-``timings.json``) the wall time of each notebook. A failing notebook stops the run with its
-error and the path of its executed copy.
+[--sprsound ROOT] [--outputs DIR]`` (what ``make reproduce`` runs) executes ``notebooks/01_…``
+to ``06_…`` headlessly (06, on SPRSound, only when it is given a SPRSound folder), writes
+their figures and tables under ``DIR/figures`` and ``DIR/results`` (default ``out/<profile>``;
+``make reproduce`` passes ``.`` for the committed demo outputs), keeps the executed copies and
+their HTML under ``out/executed/``, and prints (and saves as ``timings.json``) the wall time of
+each notebook. A failing notebook stops the run with its error and the path of its executed
+copy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,11 +33,23 @@ import pandas as pd
 from patchmix import plots
 from patchmix.atomic import atomic_path
 from patchmix.config import KNOBS, PROFILES, ExperimentConfig, get_value, notebook_config
-from patchmix.datasets import Data, DataSet, find_dataset, load_data, read_cycles, resolve_root
+from patchmix.datasets import (
+    Data,
+    DataError,
+    DataSet,
+    dataset_root,
+    find_dataset,
+    get_dataset,
+    load_data,
+    read_cycles,
+    resolve_root,
+)
 from patchmix.experiment import (
+    NOTEBOOK_DATA,
     NOTEBOOK_RUNS,
     PROVENANCE,
     PlannedRun,
+    notebook_roots,
     planned_runs,
     run_table,
     runs_dir,
@@ -62,6 +76,7 @@ class Notebook:
     root: str  # the data folder
     dataset: DataSet
     out: Outputs
+    weights: str = ""  # the AudioSet checkpoint the notebook was given ("" for none)
 
     @functools.cached_property
     def data(self) -> Data:
@@ -96,6 +111,27 @@ class Notebook:
         """What the loss terms of each planned run are (name → `Method.terms`): loss panels
         share an axis only between runs of the same objective."""
         return {p.name: get_method(p.cfg.method.name).terms for p in self.plan()}
+
+    def shared_config(self, data_root: str = "") -> ExperimentConfig:
+        """The configuration of the notebooks on the shared data (`data_root` as their
+        ``DATA_ROOT``: "" → ``$ICBHI_ROOT``, else the synthetic set): this notebook's profile
+        and weights, none of its knobs or overrides. For a notebook on a data set of its own
+        (`NOTEBOOK_DATA`), which scores their models on its data and its models on theirs."""
+        return notebook_config(self.cfg.profile, data_root=data_root, weights=self.weights)
+
+    def shared_data(self, data_root: str = "") -> Data:
+        """The shared data set of `shared_config`, ready to score on."""
+        return load_data(self.shared_config(data_root).data)
+
+    def shared_runs(self, *groups: str, data_root: str = "") -> pd.DataFrame:
+        """The runs of `groups` as the notebooks on the shared data train them
+        (`shared_config`), for this notebook's seeds: from the run cache or the shipped runs,
+        trained only where neither has them."""
+        cfg = self.shared_config(data_root)
+        table = run_table(planned_runs(groups, cfg), {"seeds": self.seeds},
+                          data=self.shared_data(data_root))
+        print(where_from(table["run_dir"].unique()), file=sys.stderr)
+        return table
 
     def knobs(self) -> pd.DataFrame:
         """The knobs of `patchmix.config.KNOBS` with their values in this configuration."""
@@ -149,10 +185,15 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     # the feature cache `make data` filled (the Makefile's PATCHMIX_CACHE), unless told another
     os.environ.setdefault(CACHE_ENV, str(REPO_CACHE.resolve()))
     plots.use_style()
+    own = NOTEBOOK_DATA.get(name)  # a notebook on a data set of its own needs its folder
+    data_root = dataset_root(own, data_root) if own else data_root
     cfg = notebook_config(profile, data_root=data_root, weights=weights, overrides=overrides,
                           knobs=knobs)
     root = resolve_root(cfg.data)
     dataset = find_dataset(root)
+    if own and dataset.name != own:
+        raise DataError(f"{name} trains on {get_dataset(own).title}; {root} is a "
+                        f"{dataset.title} folder")
     trains = bool(NOTEBOOK_RUNS[name])
     run_seeds = list(range(1, seeds + 1))
     figures_dir = figures_dir or str(SCRATCH / "figures")
@@ -164,7 +205,7 @@ def setup(name: str, *, profile: str = "demo", data_root: str = "", weights: str
     print(out.context_line())
     print(f"figures → {figures_dir}/, tables → {results_dir}/")
     return Notebook(name, cfg, run_seeds, list(range(1, ablation_seeds + 1)), str(root),
-                    dataset, out)
+                    dataset, out, weights)
 
 
 
@@ -207,8 +248,9 @@ def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
     Kept: every cell and its outputs (figures, tables, audio players). Dropped: what changes
     from one run to the next without changing the result, so that the copy is byte-stable:
     papermill's timings and paths (notebook and cell ``papermill`` metadata), the kernel's
-    execution timestamps, the Python patch version, and stderr streams (progress bars, the
-    epoch lines of runs that trained, warnings). The injected parameters cell gets a fixed id
+    execution timestamps, the Python patch version, stderr streams (progress bars, the epoch
+    lines of runs that trained, warnings), and the machine's part of absolute paths passed
+    as parameters (``"…/SPRSound"``). The injected parameters cell gets a fixed id
     instead of papermill's random one. Markdown links that leave ``notebooks/`` (those
     starting with ``../``) are rewritten for a `target` folder `deeper` levels further from
     the repository root than ``notebooks/`` (1 for ``docs/notebooks/``).
@@ -225,12 +267,23 @@ def readable_copy(executed: Path, target: Path, *, deeper: int = 1) -> None:
         cell.metadata.pop("execution", None)
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.id = "injected-parameters"
+            cell.source = _MACHINE_PATH.sub(_folder_only, cell.source)
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs
                             if not (o.output_type == "stream" and o.name == "stderr")]
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         nbformat.write(nb, str(tmp))
+
+
+# an absolute path given as a parameter (SPRSOUND_ROOT=/home/…/SPRSound): a machine's, not the
+# reader's, so the readable copy keeps only the folder's name
+_MACHINE_PATH = re.compile(r'"((?:/|[A-Za-z]:[/\\])[^"]*)"')
+
+
+def _folder_only(match: re.Match[str]) -> str:
+    name = re.split(r"[/\\]", match[1].rstrip("/\\"))[-1]
+    return f'"…/{name}"'
 
 
 def _to_html(notebook: Path) -> None:
@@ -243,17 +296,31 @@ def _to_html(notebook: Path) -> None:
 
 def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
             root: Path | None = None, executed_dir: Path | None = None,
-            html: bool = True, readable_dir: Path | None = None) -> dict[str, float]:
+            html: bool = True, readable_dir: Path | None = None,
+            data_roots: dict[str, str] | None = None) -> dict[str, float]:
     """Execute `names` in order; return ``{notebook: seconds}`` (also ``timings.json``).
 
+    A notebook on a data set of its own (`NOTEBOOK_DATA`, e.g. 06 on SPRSound) gets that
+    data set's folder (`data_roots` by data set name, else its environment variable,
+    `notebook_roots`) as the parameter named like the variable (``SPRSOUND_ROOT``); without a
+    folder it is skipped, saying so, and its committed outputs stay as they are.
     With `readable_dir`, each executed notebook is also written there as `readable_copy`
     (``make reproduce`` keeps the demo run's under ``docs/notebooks/``, in git)."""
     root = root or project_root()
     executed_dir = executed_dir or root / EXECUTED
+    own_roots = notebook_roots(data_roots)
     timings: dict[str, float] = {}
     for name in names:
+        given = parameters
+        if name in own_roots:
+            dataset = get_dataset(NOTEBOOK_DATA[name])
+            if not own_roots[name]:
+                print(f"▷ {name}: skipped, its committed outputs kept (no {dataset.title} "
+                      f"folder: set {dataset.root_env}=…)", flush=True)
+                continue
+            given = {**parameters, dataset.root_env: own_roots[name]}
         print(f"▶ {name} …", flush=True)
-        timings[name] = round(execute(name, parameters, notebook_dir=root / "notebooks",
+        timings[name] = round(execute(name, given, notebook_dir=root / "notebooks",
                                       executed_dir=executed_dir, html=html), 1)
         print(f"  {name}: {timings[name]:.0f} s", flush=True)
         if readable_dir is not None:
@@ -283,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outputs", default="", help="folder that receives figures/ and "
                         "results/ (default out/<profile>; '.' rewrites the repository's own, "
                         "as make reproduce does for the demo profile)")
+    parser.add_argument("--sprsound", default=None, help="SPRSound folder for notebook 06 "
+                        "(default $SPRSOUND_ROOT; without one 06 is skipped and its committed "
+                        "outputs stay)")
     parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
     parser.add_argument("--no-html", action="store_true")
     args = parser.parse_args(argv)
@@ -301,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         publishing = outputs == Path(".")  # the committed outputs: their notebooks too
         timings = run_all(params, names=names, html=not args.no_html,
-                          readable_dir=project_root() / READABLE if publishing else None)
+                          readable_dir=project_root() / READABLE if publishing else None,
+                          data_roots=None if args.sprsound is None else
+                          {"sprsound": args.sprsound})
     except RuntimeError as err:  # a notebook failed: its executed copy says where
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ from patchmix.experiment import (
     PROVENANCE,
     WEIGHTS_READ,
     finished,
+    notebook_roots,
     planned_runs,
     run_key,
 )
@@ -80,19 +81,27 @@ def notebook_seeds(name: str, notebook_dir: Path | None = None) -> dict[str, int
 
 
 def jobs(profile_name: str, *, data_root: str = "", weights: str = "", overrides: str = "",
-         seeds: int = 0, notebooks: Sequence[str] = NOTEBOOKS) -> list[Job]:
+         seeds: int = 0, notebooks: Sequence[str] = NOTEBOOKS,
+         data_roots: dict[str, str] | None = None) -> list[Job]:
     """Every distinct run the `notebooks` need in `profile_name`, in the order they ask.
 
     `seeds` > 0 replaces each notebook's ``SEEDS`` (its ``ABLATION_SEEDS`` stay), as
-    ``make reproduce SEEDS=…`` does.
+    ``make reproduce SEEDS=…`` does. A notebook on a data set of its own (`NOTEBOOK_DATA`)
+    trains on that set's folder (`data_roots` by data set name, else its environment
+    variable: `patchmix.experiment.notebook_roots`) and is left out without one.
     """
     unknown = sorted(set(notebooks) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}")
-    cfg = notebook_config(profile_name, data_root=data_root, weights=weights,
-                          overrides=overrides)
+    own_roots = notebook_roots(data_roots)
+    shared = notebook_config(profile_name, data_root=data_root, weights=weights,
+                             overrides=overrides)
     found: dict[ExperimentConfig, Job] = {}  # a run two notebooks need is one job
     for name in notebooks:
+        if name in own_roots and not own_roots[name]:
+            continue
+        cfg = shared if name not in own_roots else notebook_config(
+            profile_name, data_root=own_roots[name], weights=weights, overrides=overrides)
         counts = notebook_seeds(name)
         # the seed lists of `patchmix.notebooks.Notebook.runs`, by `PlannedRun.seeds`
         seed_lists = {"seeds": range(1, (seeds or counts["SEEDS"]) + 1),
@@ -110,9 +119,16 @@ def jobs(profile_name: str, *, data_root: str = "", weights: str = "", overrides
     return list(found.values())
 
 
+def data_of(data: Any, job: Job) -> Any:
+    """The `patchmix.datasets.Data` a job's run key is made with: `data` itself, or, where
+    the plan spans data sets, `data` called with the job's data config (a cached loader)."""
+    return data(job.cfg.data) if callable(data) else data
+
+
 def pending(plan: Iterable[Job], runs: Path, data: Any) -> list[Job]:
-    """The jobs of `plan` whose run is not finished in the run cache `runs`."""
-    return [j for j in plan if finished(runs / run_key(j.cfg, data)) is None]
+    """The jobs of `plan` whose run is not finished in the run cache `runs` (`data` as
+    `data_of` takes it)."""
+    return [j for j in plan if finished(runs / run_key(j.cfg, data_of(data, j))) is None]
 
 
 def run_local(plan: Sequence[Job], *, workers: int = 0, threads: int = 0,
@@ -207,7 +223,7 @@ def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> lis
     """
     rows = []
     for job in plan:
-        key = run_key(job.cfg, data)
+        key = run_key(job.cfg, data_of(data, job))
         row: dict[str, Any] = {"label": job.label, "seed": job.cfg.seed, "run": key,
                                "status": "missing", "first_epoch": "",
                                "last_score_diff": float("nan")}
@@ -280,6 +296,10 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, 
     `dest` is replaced as a whole, so it holds exactly this plan. A ValueError lists the runs
     that are not finished. Returns the provenance.
     """
+    if len({j.cfg.data for j in plan}) > 1:
+        raise ValueError("shipped runs are of one data set; export the shared data's "
+                         "notebooks only (the runs of 06 need SPRSound, not in the repository)")
+    data = data_of(data, plan[0]) if plan else data
     missing = [j for j in plan if finished(runs / run_key(j.cfg, data)) is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(plan)} runs are not finished in {runs}/ "

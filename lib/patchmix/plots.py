@@ -228,14 +228,31 @@ def ablation_panels(table: pd.DataFrame, *, metric: str = "score",
     return fig
 
 
-def mel_ticks(ax: Any, cfg: FeatureConfig) -> None:
-    """Label the y axis of a fbank image (mel bins) in Hz: Kaldi's mel scale, 20 Hz to
-    Nyquist, as `patchmix.features` computes it."""
+def mel_bin(freq: float, cfg: FeatureConfig) -> float:
+    """Where `freq` (Hz) falls on the fbank's mel-bin axis (0 … n_mels − 1, fractional):
+    Kaldi's mel scale from 20 Hz to Nyquist, as `patchmix.features` computes it."""
     def mel(f: float) -> float:
         return 1127.0 * math.log(1.0 + f / 700.0)
     lo, hi = mel(20.0), mel(cfg.sample_rate / 2)
-    step = (hi - lo) / (cfg.n_mels + 1)
+    return (mel(freq) - lo) / ((hi - lo) / (cfg.n_mels + 1)) - 1
+
+
+def mel_frequency(position: float, cfg: FeatureConfig) -> float:
+    """The frequency (Hz) at a position on the mel-bin axis: the inverse of `mel_bin`."""
+    lo = 1127.0 * math.log(1.0 + 20.0 / 700.0)
+    hi = 1127.0 * math.log(1.0 + cfg.sample_rate / 2 / 700.0)
+    mel = lo + (position + 1) * (hi - lo) / (cfg.n_mels + 1)
+    return 700.0 * (math.exp(mel / 1127.0) - 1.0)
+
+
+def mel_ticks(ax: Any, cfg: FeatureConfig, axis: str = "y") -> None:
+    """Label the `axis` ("y" or "x") of a plot over mel bins in Hz (`mel_bin`)."""
     freqs = [f for f in (100, 500, 1000, 2000, 4000) if f < cfg.sample_rate / 2]
-    ax.set_yticks([(mel(f) - lo) / step - 1 for f in freqs],
-                  [f"{f // 1000}k" if f >= 1000 else str(f) for f in freqs])
-    ax.set_ylabel("frequency (Hz)")
+    ticks = ([mel_bin(f, cfg) for f in freqs],
+             [f"{f // 1000}k" if f >= 1000 else str(f) for f in freqs])
+    if axis == "x":
+        ax.set_xticks(*ticks)
+        ax.set_xlabel("frequency (Hz)")
+    else:
+        ax.set_yticks(*ticks)
+        ax.set_ylabel("frequency (Hz)")

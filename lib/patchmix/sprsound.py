@@ -396,5 +396,15 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+ROOT_ENV = "SPRSOUND_ROOT"  # the folder notebook 06 and make reproduce train on
+WHERE_TO_GET = ("clone https://github.com/SJTU-YONGFU-RESEARCH-GRP/SPRSound (its BioCAS2022/ "
+                "folder is the 2022 release); docs/data.md#sprsound")
+DEMO_EPOCHS = 15
+"""Epochs of the ``demo`` profile on SPRSound. An epoch of its train part is 336 steps of 16,
+against 19 on the synthetic set: the validation Score of weighted CE levelled off by epoch 12
+of 15 (docs/data.md#training-on-sprsound), and the profile's 30 would double the time."""
+
 register_dataset(DataSet("sprsound", "SPRSound 2022", read_sprsound, detect=_is_sprsound,
-                         summarize=summarize, score_families=("icbhi", "sprsound")))
+                         summarize=summarize, score_families=("icbhi", "sprsound"),
+                         root_env=ROOT_ENV, where_to_get=WHERE_TO_GET,
+                         profile_epochs={"demo": DEMO_EPOCHS}))

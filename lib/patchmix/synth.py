@@ -22,21 +22,25 @@ What is modelled (ICBHI counts and textbook lung-sound acoustics: docs/data.md):
   timing); the others one or two single-channel (``sc``) sessions.
 * **Breathing cycles** of 0.2-16 s (median about 2.5 s, a few longer than 8 s) tiling the
   recording like the real annotations; recordings mostly 20 s, some up to 60 s.
-* **Breath sound**: noise shaped to the vesicular spectrum (peak 100-200 Hz, little above 1 kHz)
-  or, at the trachea (``Tc``), louder and brighter (to about 1.5 kHz) with a pause between the
-  phases; inspiration louder than expiration.
+* **Breath sound**: noise shaped to the vesicular spectrum (most energy below 150 Hz, little
+  above 500 Hz) or, at the trachea (``Tc``), louder and brighter (to about 1 kHz) with a pause
+  between the phases; inspiration louder than expiration.
 * **Crackles**: explosive transients; fine ones (two-cycle duration < 10 ms, several per cycle,
   late inspiration) or coarse ones (15-25 ms, lower pitched, early inspiration and expiration).
 * **Wheezes**: tonal components with a 100-1000 Hz fundamental (often about 400 Hz), harmonics,
   pitch drift and vibrato, lasting 0.1 s to most of a phase, mostly expiratory; sometimes two.
 * ``both`` cycles hold crackles and wheezes; ``normal`` cycles hold neither.
-* **Heart sounds** (S1/S2, 20-150 Hz, every 0.45-1 s) everywhere, friction and handling bursts
-  and mains hum in some recordings.
+* **Heart sounds** (S1/S2, 20-150 Hz, every 0.45-1 s) and unannotated clicks (about 1.5 per
+  second) everywhere, friction and handling bursts and mains hum in some recordings.
 * **Devices**: AKGC417L, LittC2SE, Litt3200 (4 kHz, 16-bit) and Meditron (44.1 kHz, 16- or
   24-bit like the others), each with its own band-pass colouring and noise floor, mixed roughly
   like ICBHI (about 70/9/7/14 %; every device present from 20 recordings on).
 * **Difficulty** per recording: a signal-to-noise ratio and event loudness, so some recordings
   are easy and others hard (faint events, loud noise floor).
+* **Calibrated to real recordings** (version 1.1): breath spectrum, clicks, crackle and wheeze
+  levels were set from measurements of 40 real ICBHI recordings and of SPRSound
+  (``patchmix calibrate``; docs/data.md#how-close-to-real-recordings). Wheezes stay about 13 dB
+  more prominent than real ones, so that the demo's small model can learn them at all.
 * **Renamed files**: most Meditron recordings (ICBHI: 91 of 127) are stored under an old device
   suffix (``_AKGC417L``/``_LittC2SE``) while the split file names them ``_Meditron``; their old
   names are listed in ``filename_differences.txt``, as in the download.
@@ -85,7 +89,7 @@ from patchmix.icbhi import (
 
 __all__ = ["VERSION", "SynthSummary", "make_synthetic_icbhi"]
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 """Version of the generator: bump it whenever the same seed would give different bytes."""
 
 GENERATOR = "patchmix.synth"
@@ -104,6 +108,10 @@ DEVICES: tuple[str, ...] = ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")
 DEVICE_SHARES: tuple[float, ...] = (0.70, 0.09, 0.07, 0.14)  # of recordings, as in ICBHI
 # propensity of each device for a multichannel session (the AKG microphone mostly)
 MC_DEVICE_FACTORS: tuple[float, ...] = (1.0, 0.3, 0.0, 0.0)
+# unannotated clicks (skin contact, small movements of the chest piece) per second of every
+# recording: real normal cycles are full of them (a click detector fires in 73 % of the normal
+# cycles of 40 ICBHI recordings), so a click alone must not mean "crackle" (docs/data.md)
+CLICK_RATE_HZ = 1.5
 RENAMED_FRACTION = 0.7  # of Meditron recordings stored under an old suffix (ICBHI: 91 of 127)
 TEST_FRACTION = 0.4  # of recordings, patient-disjoint
 
@@ -138,7 +146,7 @@ DEVICE_MODELS: MappingProxyType[str, _Device] = MappingProxyType({
     "AKGC417L": _Device(44100, 0.6, (40.0, 2), (3000.0, 1), (1000.0, 0.0), 0.0, 0.3),
     "LittC2SE": _Device(44100, 0.6, (60.0, 1), (600.0, 2), (150.0, 6.0), 3.0, 1.0),
     "Litt3200": _Device(4000, 0.0, (30.0, 1), (900.0, 3), (250.0, 3.0), 2.0, 0.0),
-    "Meditron": _Device(44100, 0.5, (80.0, 2), (1200.0, 2), (300.0, 4.0), 6.0, 0.0),
+    "Meditron": _Device(44100, 0.5, (40.0, 2), (1200.0, 2), (300.0, 4.0), 6.0, 0.0),
 })
 
 
@@ -562,10 +570,11 @@ def _render(rec: _Recording) -> np.ndarray:
     difficulty = rng.beta(2.0, 2.0)
     snr_db = 38.0 - 28.0 * difficulty - device.noise_db + rng.normal(0, 2)
     # event peak amplitudes re. the breath noise (RMS 1); wheezes carry well to the trachea.
-    # Wheeze level: at +8 dB the demo profile's small from-scratch AST learned no wheeze in its
-    # 15 epochs (train recall 0); at +16 dB it does (test recall ~70 %), still faint when hard.
-    crackle_gain = 10 ** ((19.0 - 14.0 * difficulty + rng.normal(0, 1.5)) / 20)
-    wheeze_gain = 10 ** ((16.0 - 15.0 * difficulty + rng.normal(0, 1.5)) / 20)
+    # Wheeze level, calibrated (docs/data.md#how-close-to-real-recordings): at 0 dB a wheeze
+    # stands a median 29 dB above the spectrum around it (real ICBHI: 16.5 dB) and the demo's
+    # CE learns 44 % of them; at the real level (-16 dB) it learns none in 30 epochs.
+    crackle_gain = 10 ** ((15.0 - 14.0 * difficulty + rng.normal(0, 1.5)) / 20)
+    wheeze_gain = 10 ** ((0.0 - 15.0 * difficulty + rng.normal(0, 1.5)) / 20)
     wheeze_gain *= 2.0 if rec.location == "Tc" else 1.0
 
     x = _breath(rng, rec, n)  # (n,), reference level: unit RMS before the envelope
@@ -604,10 +613,10 @@ def _breath(rng: np.random.Generator, rec: _Recording, n: int) -> np.ndarray:
     """Vesicular or tracheal breath noise under per-cycle inspiration/expiration envelopes."""
     rate, tracheal = rec.rate, rec.location == "Tc"
     freqs = sp_fft.rfftfreq(n, 1 / rate)
-    if tracheal:  # louder, brighter (to ~1.5 kHz)
-        shape = _highpass(freqs, 100.0, 1) * _lowpass(freqs, 800.0, 3)
-    else:  # vesicular: peak 100-200 Hz, -15 dB at 300 Hz, -45 dB at 1 kHz
-        shape = _highpass(freqs, 70.0, 2) * _lowpass(freqs, 180.0, 3)
+    if tracheal:  # louder, brighter (to ~1 kHz)
+        shape = _highpass(freqs, 100.0, 1) * _lowpass(freqs, 400.0, 3)
+    else:  # vesicular: most energy below 150 Hz, then ~12 dB less per octave (as measured)
+        shape = _highpass(freqs, 40.0, 2) * _lowpass(freqs, 65.0, 2)
     shape = shape + 3e-3  # a trace of broadband content
     shape[0] = 0.0
     noise = sp_fft.irfft(_noise_spectrum(rng, freqs, n, 0.0) * shape, n)
@@ -745,7 +754,8 @@ def _add_wheezes(rng: np.random.Generator, x: np.ndarray, rate: int, start: floa
 
 
 def _add_artifacts(rng: np.random.Generator, x: np.ndarray, rate: int, device: str) -> None:
-    """Friction rustle and handling thumps in some recordings; mains hum on some AKG ones."""
+    """Friction rustle and handling thumps in some recordings, clicks in all of them
+    (`CLICK_RATE_HZ`), mains hum on some AKG ones."""
     n = x.size
     if rng.random() < 0.35:
         for _ in range(1 + rng.poisson(1.0)):
@@ -758,6 +768,12 @@ def _add_artifacts(rng: np.random.Generator, x: np.ndarray, rate: int, device: s
                 burst = np.sin(2 * np.pi * rng.uniform(8, 25) * t) * np.exp(-t / 0.05)
                 burst[: max(1, rate // 2000)] += 1.0
             _add_at(x, at, rng.uniform(0.8, 3.0) * burst / (np.max(np.abs(burst)) or 1.0))
+    m = int(0.2 * rate)  # a click: a 0.5 ms spike on a small decaying thump
+    t = np.arange(m) / rate
+    for _ in range(rng.poisson(CLICK_RATE_HZ * n / rate)):
+        click = 0.3 * np.sin(2 * np.pi * rng.uniform(8, 25) * t) * np.exp(-t / 0.05)
+        click[: max(1, rate // 2000)] += 1.0
+        _add_at(x, int(rng.integers(0, max(1, n - m))), rng.uniform(0.5, 4.0) * click)
     if device == "AKGC417L" and rng.random() < 0.25:
         t = np.arange(n) / rate
         x += rng.uniform(0.01, 0.05) * (np.sin(2 * np.pi * 50 * t) + 0.3 * np.sin(
@@ -853,16 +869,19 @@ under an old device suffix, listed in `ICBHI_final_database/filename_differences
 - patients with a diagnosis (COPD, Healthy, URTI, ...) driving the cycle classes, demographics
   plausible for age, several sessions and chest locations per patient, sc and mc modes;
 - breathing cycles of 0.2-16 s (median ~2.5 s) tiling 20-60 s recordings;
-- vesicular breath noise (peak 100-200 Hz, little above 1 kHz) or tracheal (louder, brighter,
-  pause between phases), inspiration louder than expiration;
+- vesicular breath noise (most energy below 150 Hz, little above 500 Hz) or tracheal (louder,
+  brighter, pause between phases), inspiration louder than expiration;
 - crackles: fine (< 10 ms, late inspiration, several) and coarse (15-25 ms, lower, early
   inspiration/expiration) explosive transients;
 - wheezes: 100-1000 Hz tonal events with harmonics, drift and vibrato, >= 100 ms, mostly
   expiratory; "both" cycles hold both;
-- heart sounds (S1/S2, 20-150 Hz), friction/handling bursts, mains hum;
+- heart sounds (S1/S2, 20-150 Hz), unannotated clicks in every recording, friction/handling
+  bursts, mains hum;
 - four devices with their own sample rate (Litt3200 4 kHz), bit depth, band-pass colouring and
   noise floor;
-- per-recording difficulty (noise floor and event loudness), renamed Meditron files.
+- per-recording difficulty (noise floor and event loudness), renamed Meditron files;
+- levels and spectra calibrated to real recordings (40 ICBHI recordings, SPRSound); wheezes
+  stay about 13 dB more prominent than real ones.
 
 ## Not modelled
 - real pathophysiology beyond these textbook cues; rhonchi, squawks, stridor, coughs, speech;
