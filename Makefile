@@ -91,8 +91,7 @@ data: setup $(if $(ICBHI_ROOT),,$(SYNTH_DIR)/synthetic.json)
 reproduce: data train
 	PATCHMIX_SHIPPED=off $(MAKE) --no-print-directory notebooks
 	$(if $(CHECK_SHIPPED),$(if $(wildcard shipped/PROVENANCE.json),$(BIN)/patchmix plan \
-		$(PLAN_ARGS) $(SHARED_ONLY) --compare shipped,@echo "no shipped/ runs to compare with \
-		(make ship)"))
+		$(PLAN_ARGS) $(SHARED_ONLY) --compare shipped,@echo "no shipped/ runs to compare with (make ship)"))
 
 train: data
 	$(BIN)/patchmix plan $(PLAN_ARGS) --sprsound '$(SPRSOUND_ROOT)' --run
