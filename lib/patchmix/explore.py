@@ -715,7 +715,7 @@ def examples_figure(examples: pd.DataFrame, cfg: FeatureConfig | None = None, *,
                    fontsize=8, title_fontsize=8,
                    title="Marks above the panels: where a simple rule (patchmix.explore."
                    "detect_events) finds events, repeated on every copy.\nDetected, NOT "
-                   "annotated: ICBHI labels whole cycles only.")
+                   "annotated: a label names a whole cycle (or event), not where in it.")
     return fig
 
 
