@@ -2,10 +2,11 @@
 
 The data side: SPRSound's seven event types and record labels per part (`event_counts`,
 `record_counts`) and the average fbank over mel bins of two data sets side by side
-(`mel_profile`, `mel_profile_figure`: SPRSound is recorded at 8 kHz, so after resampling to the
-recipe's 16 kHz the upper half of the band is empty). The results side: runs scored per test
-part and score family (`patchmix.scoring`) as mean ± sd over seeds with patient-bootstrap
-intervals (`results_table`), one figure of the Scores per part (`results_figure`), and models
+(`mel_profile`, `mel_profile_figure`, `floor_start`: SPRSound's stethoscope leaves almost
+nothing above about 700 Hz, so most of the recipe's mel bins sit at the floor of the log).
+The results side: runs scored per test part and score family (`patchmix.scoring`) as mean ± sd
+over seeds with patient-bootstrap intervals (`results_table`, `score_summary`, `findings`), one
+figure of the Scores per part (`results_figure`), training times (`run_times`), and models
 trained on one data set scored on another (`cross_table`).
 """
 
@@ -109,18 +110,22 @@ def mel_profile_figure(profiles: Mapping[str, np.ndarray], cfg: FeatureConfig,
     return fig
 
 
+def _mean_sd(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per `keys`: the mean of every metric, its sd over seeds (``<metric>_sd``) and ``seeds``."""
+    metrics = [m for m in METRICS["sprsound"] if m in scores]
+    grouped = scores.groupby(keys, sort=False)
+    table = grouped[metrics].mean().join(grouped[metrics].std().add_suffix("_sd"))
+    table["seeds"] = grouped["seed"].nunique()
+    return table.reset_index()
+
+
 def results_table(scores: pd.DataFrame, intervals: pd.DataFrame | None = None) -> pd.DataFrame:
     """`patchmix.scoring.part_scores` rows as mean ± sd over seeds per method, protocol, part
     and family: ``<metric>`` and ``<metric>_sd`` for the family's metrics, ``seeds``, and
     with `intervals` (`patchmix.scoring.part_intervals`) the Score's 95 % interval
     ``score_lo``, ``score_hi``."""
     keys = ["method", "protocol", "part", "family"]
-    metrics = [m for m in METRICS["sprsound"] if m in scores]
-    grouped = scores.groupby(keys, sort=False)
-    table = grouped[metrics].mean()
-    table = table.join(grouped[metrics].std().add_suffix("_sd"))
-    table["seeds"] = grouped["seed"].nunique()
-    table = table.reset_index()
+    table = _mean_sd(scores, keys)
     if intervals is not None:
         table = table.merge(intervals[[*keys, "score_lo", "score_hi"]], on=keys, how="left")
     return table
@@ -229,12 +234,7 @@ def run_times(table: pd.DataFrame) -> pd.DataFrame:
 def cross_table(cross: pd.DataFrame, *, trained_on: str) -> pd.DataFrame:
     """`patchmix.scoring.cross_scores` rows as mean ± sd over seeds per method, part and
     family, with the data the models were trained on (``trained_on``) and scored on."""
-    keys = ["method", "part", "family"]
-    metrics = [m for m in METRICS["sprsound"] if m in cross]
-    grouped = cross.groupby(keys, sort=False)
-    table = grouped[metrics].mean().join(grouped[metrics].std().add_suffix("_sd"))
-    table["seeds"] = grouped["seed"].nunique()
-    table = table.reset_index()
+    table = _mean_sd(cross, ["method", "part", "family"])
     table.insert(0, "scored_on", cross.attrs.get("data", ""))
     table.insert(0, "trained_on", trained_on)
     return table
