@@ -104,6 +104,28 @@ def test_token_order_is_frequency_major():
         assert torch.nonzero(tokens).flatten().tolist() == [79 * f + t]
 
 
+@pytest.mark.parametrize("patch", [16, 32])
+def test_non_overlapping_patches_are_the_conv_as_one_matmul(patch):
+    """stride = patch size (the demo: 32): the tiled matmul route gives the
+    conv's tokens to float rounding, with and without leftover frames, and the conv's
+    weight gradient; the weights keep the conv's key and shape."""
+    m = tiny_model(patch_size=patch, stride=patch)
+    x = torch.randn(3, 798, 128)
+    conv = m.patch_embed.proj
+    with torch.no_grad():
+        reference = conv(x.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2)
+    tokens = m.embed(x)  # (3, F'·T', D)
+    assert tokens.shape == reference.shape == (3, m.cfg.n_tokens, 64)
+    torch.testing.assert_close(tokens, reference, atol=2e-5, rtol=1e-5)
+    tokens.sum().backward()
+    via_tiles = conv.weight.grad.clone()
+    conv.weight.grad = None
+    conv(x.unsqueeze(1).transpose(2, 3)).sum().backward()
+    torch.testing.assert_close(via_tiles, conv.weight.grad, atol=1e-3, rtol=1e-5)
+    assert set(m.state_dict()) >= {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert m.state_dict()["patch_embed.proj.weight"].shape == (64, 1, patch, patch)
+
+
 def test_forward_head_pools_the_mean_of_cls_and_dist_after_final_norm():
     m = tiny_model()
     x = torch.randn(2, 798, 128)

@@ -232,7 +232,12 @@ def test_make_reproduce_trains_first_and_checks_only_the_default_run_against_shi
 
     default = dry("reproduce")
     assert default.index("plan --profile demo") < default.index("PATCHMIX_SHIPPED=off")
-    assert "--run" in default and "--compare shipped" in default
+    assert "--run" in default and "--compare shipped --report-outputs" in default
+    assert "--threads" not in default  # the profile's thread count, for runs and kernels
+    other = " ".join(dry("reproduce", "THREADS=2", "NOTEBOOK_THREADS=3").replace("\\", " ")
+                     .split())  # one line: no continuations
+    assert "--run --threads 2" in other
+    assert "--threads 3" in other.split("patchmix.notebooks")[1]
     assert "--compare" not in dry("reproduce", "PROFILE=smoke")  # nothing shipped to match
     render = dry("render")
     assert "PATCHMIX_RUNS=out/render/runs" in render and "--outputs '.'" in render

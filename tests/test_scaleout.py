@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from patchmix.cli import build_parser, main
-from patchmix.config import PROFILES, overrides_between, profile, with_overrides
+from patchmix.config import PROFILES, overrides_between, profile, result_config, with_overrides
 from patchmix.datasets import load_data
 from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
 from patchmix.plan import compare, jobs, notebook_seeds, pending, run_local
@@ -65,7 +65,21 @@ def test_a_local_pool_trains_into_the_run_cache_the_notebooks_read(synth_root, t
     for job in plan:  # where `patchmix.experiment.run` (the notebooks) will look
         assert finished(tmp_path / "runs" / run_key(job.cfg, data)) is not None
     assert "[2/2]" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["001.log", "002.log"]
+    lines = (tmp_path / "logs" / "001.log").read_text().splitlines()
+    assert lines[0] == plan[0].with_threads(1).command() and "→" in lines[1]  # then its output
+    # The jobs ran in forks of a warm server (`patchmix.plan._launch`). Again, in another run
+    # cache: through the same server (started with the first environment, so each job must
+    # carry its own), and as a plain `patchmix train` process (platforms without a fork
+    # server): the same run to the last bit.
+    metrics = (tmp_path / "runs" / run_key(plan[0].cfg, data) / "metrics.jsonl").read_bytes()
+    for name, server in (("again", True), ("plain", False)):
+        monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / name))
+        if not server:
+            monkeypatch.setattr("patchmix.plan._fork_server", lambda: None)
+        assert run_local(plan[:1], threads=1, log_dir=tmp_path / f"{name}-logs") == []
+        again = tmp_path / name / run_key(plan[0].cfg, data) / "metrics.jsonl"
+        assert again.read_bytes() == metrics, name
+    monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
 
     # the check a reproduction runs: the same runs elsewhere, one changed, one gone
     other = tmp_path / "other"
@@ -100,21 +114,26 @@ def test_plan_lists_commands_and_refuses_bad_counts(synth_root, tmp_path, monkey
 
 
 def test_pool_threads_follow_a_pinned_profile(monkeypatch, tmp_path):
-    """demo pins two threads per run: the pool fits cores ÷ 2 runs and gives each two."""
-    seen: list[tuple[str, int]] = []
+    """demo pins one thread per run: the pool runs one per core; --threads replaces the count
+    without changing a run's key."""
+    seen: list[tuple[str, list[str]]] = []
 
-    def fake_call(argv, env, **kwargs):
-        seen.append((env["OMP_NUM_THREADS"], 0))
+    def fake_launch(job, env, log, server, running):
+        seen.append((env["OMP_NUM_THREADS"], job.argv()))
         return 0
 
-    monkeypatch.setattr("patchmix.plan.subprocess.call", fake_call)
+    monkeypatch.setattr("patchmix.plan._launch", fake_launch)
     monkeypatch.setattr("patchmix.plan.os.cpu_count", lambda: 8)
     plan = jobs("demo", notebooks=["04_latent_umap"])
-    assert {j.cfg.train.threads for j in plan} == {2}
+    assert {j.cfg.train.threads for j in plan} == {1}
     assert run_local(plan, log_dir=tmp_path) == []
-    assert {t for t, _ in seen} == {"2"}
-    with pytest.raises(ValueError, match="pin train.threads=2"):
-        run_local(plan, threads=1, log_dir=tmp_path)
+    assert {t for t, _ in seen} == {"1"}
+    seen.clear()
+    assert run_local(plan, threads=2, log_dir=tmp_path) == []
+    assert {t for t, _ in seen} == {"2"} and all("train.threads=2" in a for _, a in seen)
+    # the same runs: the key is made of `result_config`, which leaves the thread count out
+    assert [result_config(j.with_threads(2).cfg) for j in plan] == [
+        result_config(j.cfg) for j in plan]
     seen.clear()
     assert run_local(jobs("smoke", notebooks=["04_latent_umap"]), workers=2,
                      log_dir=tmp_path) == []

@@ -83,18 +83,20 @@ def clean_temporaries(folder: str | os.PathLike, *, all_of_them: bool = False) -
 
 
 @contextmanager
-def exclusive(folder: str | os.PathLike, what: str = "another process") -> Iterator[Path]:
+def exclusive(folder: str | os.PathLike, what: str = "another process", *,
+              wait: bool = False) -> Iterator[Path]:
     """Hold `folder`'s lock (``.lock``, created with the folder) while the block runs.
 
     Raises `FolderBusy` naming the folder and the holder's process id when another process
-    holds it. The lock is the kernel's (``flock``): it goes with the process, however it ends.
+    holds it, or with `wait` waits for it. The lock is the kernel's (``flock``): it goes with
+    the process, however it ends.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise FolderBusy(f"{folder}: {what} (process {holder}) is writing into this "

@@ -96,14 +96,6 @@ def spec_augment_masks(
     return SpecAugmentMasks(apply=apply, freq=freq, time=time)
 
 
-def _covered(intervals: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
-    """(B, size) bool: positions inside any [start, start + width) of (B, m, 2) intervals."""
-    pos = torch.arange(size, device=device)  # (size,)
-    start = intervals[..., 0].to(device)[..., None]  # (B, m, 1)
-    end = start + intervals[..., 1].to(device)[..., None]  # (B, m, 1)
-    return ((pos >= start) & (pos < end)).any(dim=1)  # (B, size)
-
-
 def apply_spec_augment(x: torch.Tensor, masks: SpecAugmentMasks) -> torch.Tensor:
     """Apply drawn masks to ``x`` (B, T, F) and return a new tensor; ``x`` is left unchanged.
 
@@ -116,13 +108,19 @@ def apply_spec_augment(x: torch.Tensor, masks: SpecAugmentMasks) -> torch.Tensor
     b, t, f = x.shape
     if masks.apply.shape != (b,):
         raise ValueError(f"masks drawn for {masks.apply.shape[0]} samples, batch has {b}")
-    gate = masks.apply.to(x.device)[:, None]  # (B, 1)
-    fmask = _covered(masks.freq, f, x.device) & gate  # (B, F)
-    mean0 = x.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    y = torch.where(fmask[:, None, :], mean0, x)  # (B, T, F), a new tensor
-    tmask = _covered(masks.time, t, x.device) & gate  # (B, T)
-    mean1 = y.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    return torch.where(tmask[:, :, None], mean1, y)  # (B, T, F)
+    y = x.clone()  # (B, T, F); the bands are filled in place below, x stays as it is
+    mean0 = x.mean(dim=(1, 2))  # (B,)
+    gated = masks.apply.nonzero().flatten().tolist()
+    # Why slices, not torch.where over masks: each band is a few rows or columns, and two
+    # passes over the whole batch cost a sixth of a small model's training step.
+    for i in gated:
+        for start, width in masks.freq[i].tolist():
+            y[i, :, start:start + width] = mean0[i]
+    mean1 = y.mean(dim=(1, 2))  # (B,), recomputed after the frequency masks
+    for i in gated:
+        for start, width in masks.time[i].tolist():
+            y[i, start:start + width, :] = mean1[i]
+    return y
 
 
 def spec_augment(

@@ -31,6 +31,8 @@ class _OneLineError(Exception):
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that every ``finally`` cleans up."""
 
+    signum = signal.SIGTERM  # how `patchmix.plan.run_local` tells it from Ctrl-C
+
 
 def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
@@ -109,11 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--run", action="store_true", help="train the unfinished runs")
     plan.add_argument("--workers", type=int, default=0, help="runs at once with --run "
                       "(default: cores ÷ threads per run)")
-    plan.add_argument("--threads", type=int, default=0, help="threads per run where the "
-                      "profile does not pin train.threads (default: cores ÷ workers)")
+    plan.add_argument("--threads", type=int, default=0, help="threads per run with --run "
+                      "(default: the profile's train.threads where it pins them, else cores "
+                      "÷ workers); the runs' keys do not change")
     plan.add_argument("--compare", metavar="RUNS", help="compare each run of the plan in the "
-                      "run cache with the same run in the run cache RUNS (exit 1 on a "
-                      "difference)")
+                      "run cache with the same run in RUNS (a run cache or shipped runs) at the "
+                      "precision reported: one verdict line, exit 1 when a number lies "
+                      "outside its tolerance or a run is missing")
+    plan.add_argument("--report-outputs", action="store_true", help="with --compare: also "
+                      "say which committed figures/, results/ and docs/notebooks/ files "
+                      "changed (make reproduce)")
     plan.add_argument("--export", metavar="DIR", help="write the finished runs, compact and "
                       "with their provenance, to DIR (replaced): how shipped/ is made")
     plan.add_argument("--submit", metavar="FOLDER", help="submit the unfinished runs through "
@@ -261,8 +268,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from patchmix.datasets import load_data
-    from patchmix.experiment import runs_dir
-    from patchmix.plan import jobs, pending, run_local
+    from patchmix.experiment import runs_dir, shipped_dir
+    from patchmix.plan import jobs, longest_first, pending, run_local
     from patchmix.report import NOTEBOOKS, project_root
 
     if args.workers < 0 or args.threads < 0 or args.seeds < 0:
@@ -282,11 +289,14 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"# {len(plan)} runs for the {args.profile} notebooks, {len(todo)} not yet in "
           f"{runs_dir()}/", file=sys.stderr)
     if compare_to:
-        return _compare(plan, compare_to, runs_dir(), data)
+        return _compare(plan, compare_to, runs_dir(), data, outputs=args.report_outputs)
     if export_to:
         from patchmix.plan import export
+        from patchmix.reproduction import NOISE, scores_table, seed_noise
 
-        provenance = export(plan, runs_dir(), export_to, data)
+        # the seed spread a reproduction is judged against, recorded with the runs
+        noise = seed_noise(scores_table(plan, runs_dir(), data))
+        provenance = export(plan, runs_dir(), export_to, data, extra={NOISE: noise})
         kept = sum(r["weights"] for r in provenance["runs"])
         print(f"wrote {len(plan)} runs ({kept} with their weights) and {export_to.name}/"
               f"PROVENANCE.json to {export_to}", file=sys.stderr)
@@ -297,24 +307,26 @@ def _plan(args: argparse.Namespace) -> int:
         for job in shown:
             print(job.command())
         return 0
-    failed = run_local(todo, workers=args.workers, threads=args.threads)
+    shipped = shipped_dir()  # how long each method trained there orders the pool
+    earlier = sorted(shipped.iterdir()) if shipped is not None and shipped.is_dir() else []
+    failed = run_local(longest_first(todo, earlier), workers=args.workers, threads=args.threads)
     for job, code in failed:
         print(f"error: exit {code}: {job.command()}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _compare(plan: list[Any], expected: Path, actual: Path, data: Any) -> int:
-    import pandas as pd
+def _compare(plan: list[Any], expected: Path, actual: Path, data: Any, *,
+             outputs: bool = False) -> int:
+    from patchmix.report import project_root
+    from patchmix.reproduction import judge, outputs_lines, report
 
-    from patchmix.plan import compare
-    from patchmix.report import markdown_table
-
-    rows = compare(plan, expected, actual, data)
-    print(f"# the runs in {actual}/ against those in {expected}/")
-    print(markdown_table(pd.DataFrame(rows), floatfmt=".4f"))
-    same = sum(r["status"] == "same" for r in rows)
-    print(f"{same} of {len(rows)} runs identical to the last bit", file=sys.stderr)
-    return 0 if rows and same == len(rows) else 1
+    judged = judge(plan, expected, actual, data)
+    print(f"# the {len(plan)} runs in {actual}/ against those in {expected}/")
+    print("\n".join(report(judged)))
+    if outputs:
+        print("\n".join(outputs_lines(project_root())))
+    print(judged.verdict())
+    return 0 if judged.passed else 1
 
 
 def _submit(todo: list[Any], logs: Path, args: argparse.Namespace) -> int:

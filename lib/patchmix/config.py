@@ -280,7 +280,9 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     device: Device = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole training set every epoch
-    threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    # torch intra-op threads on CPU; 0 leaves torch's default. Not part of a run's key: it moves
+    # only the last bits (`patchmix.experiment.run_key`)
+    threads: int = 0
     # torch.compile each transformer block in place (state_dict keys unchanged); off by default
     # until it is shown to help on the device at hand (bench/README.md)
     compile: bool = False
@@ -318,6 +320,17 @@ class ExperimentConfig:
 
 
 
+def result_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` without what does not decide a run's reported numbers, the part a run is cached
+    by: no data folder (``data.root``; `patchmix.datasets.Data.identity` names the data, so
+    the same recordings read from another folder or machine find the same run) and no thread
+    count (``train.threads``: a sum split over other threads rounds differently in the last
+    bits, noise like that of another CPU model's kernels: docs/evaluation.md#reproducing-a-run).
+    """
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=""),
+                               train=dataclasses.replace(cfg.train, threads=0))
+
+
 def profile(name: str) -> ExperimentConfig:
     """A named profile.
 
@@ -326,16 +339,20 @@ def profile(name: str) -> ExperimentConfig:
       the official gate on every method, Adam 5e-5, batch 8, 50 epochs, ma_beta 0.5, trained on
       the whole official train split (``val_fraction=0``: the `val` protocol needs
       ``data.val_fraction`` > 0). A GPU job.
-    - ``demo``: the same 798 × 128 features, a small AST (64-d, 2 layers, 2 heads, 16 × 16
-      patches with stride 16 → 8 × 49 tokens, 0.1 M parameters) trained from scratch for 30
+    - ``demo``: the same 798 × 128 features, a small AST (64-d, 2 layers, 2 heads, 32 × 32
+      patches with stride 32 → 4 × 24 tokens, 0.17 M parameters) trained from scratch for 30
       epochs at a higher learning rate, SpecAugment on (as in ``paper``), and a 20 %
-      patient-grouped validation split. 30 epochs, because from scratch Patch-Mix CL learns
-      wheezes late (the demo's learning curves show when). Its blocks store their activations
-      (``model.activations="store"``): at 64-d the recomputation of ``"lean"`` saves nothing
-      that matters. Two intra-op threads (``train.threads=2``), whatever the machine: CPU
-      kernels split their sums by thread, so a pinned count makes a run's numbers the same
-      on a 2-core laptop and a 64-core server (of one CPU model), and lets a bigger machine
-      train several runs at once (`patchmix.plan.run_local`). Minutes per run on a laptop.
+      patient-grouped validation split. 30 epochs: from scratch the test scores level off
+      after about 20 (the demo's learning curves show it). Patches of 32, not the paper's 16:
+      a quarter of the tokens makes a step about four times cheaper, which is what lets
+      ``make reproduce`` train the 19 demo runs and run the notebooks within a quarter of an
+      hour on two cores. Its blocks store their
+      activations (``model.activations="store"``): at 64-d the recomputation of ``"lean"``
+      saves nothing that matters. One intra-op thread per run (``train.threads=1``): CPU
+      kernels split their sums by thread, so a pinned count gives the same bits on any
+      number of cores (of one CPU model), and the pool trains one run per core
+      (`patchmix.plan.run_local`), which on two cores is faster than one two-thread run after
+      another. About a minute per run on a laptop core.
     - ``smoke``: a tiny AST (32-d, 1 layer, stride 32), 2 epochs of 3 steps: seconds, for tests.
     """
     if name == "paper":
@@ -348,9 +365,10 @@ def profile(name: str) -> ExperimentConfig:
     if name == "demo":
         return ExperimentConfig(
             profile="demo",
-            model=ModelConfig(embed_dim=64, depth=2, num_heads=2, stride=16, activations="store"),
+            model=ModelConfig(embed_dim=64, depth=2, num_heads=2, patch_size=32, stride=32,
+                              activations="store"),
             method=MethodConfig(spec_augment=True),
-            train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, min_lr=1e-6, threads=2),
+            train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, min_lr=1e-6, threads=1),
         )
     if name == "smoke":
         return ExperimentConfig(

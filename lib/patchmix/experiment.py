@@ -36,6 +36,7 @@ from patchmix.config import (
     config_hash,
     get_value,
     knob_label,
+    result_config,
     to_dict,
     with_values,
 )
@@ -65,14 +66,10 @@ def shipped_dir() -> Path | None:
 
 
 def run_key(cfg: ExperimentConfig, data: Data, processes: int = 1) -> str:
-    """The run's cache name: hash of the configuration, of the data's identity and, for a run
-    over several processes (``torchrun``), of their number — its numbers differ from one
-    process's in the last bits, so it is a different run.
-
-    The data folder's path (``data.root``) is left out: `Data.identity` names the data, so the
-    same recordings read from another folder or machine find the same run."""
-    anywhere = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=""))
-    key: dict[str, Any] = {"config": to_dict(anywhere), "data": data.identity()}
+    """The run's cache name: hash of what decides its result (`result_config`), of the data's
+    identity and, for a run over several processes (``torchrun``), of their number — its
+    batches are split differently, so it is a different run."""
+    key: dict[str, Any] = {"config": to_dict(result_config(cfg)), "data": data.identity()}
     if processes > 1:
         key["processes"] = processes
     return config_hash(key)
@@ -102,6 +99,10 @@ ABLATIONS: dict[str, list[Any]] = {
     "method.target_type": ["grad_block", "project_block"],
     "model.pos_embed": ["ast", "official"],
 }
+PRETRAINED_ONLY: tuple[str, ...] = ("model.pos_embed",)
+"""Fields of `ABLATIONS` that act only on pretrained weights (the positional-embedding rule
+fits a pretrained grid to ours): with random initialisation both settings would train the same
+model, so `ablations` leaves them out."""
 
 
 def no_spec_augment_label(method: type[Method]) -> str:
@@ -152,12 +153,15 @@ def ablations(cfg: ExperimentConfig,
     """The paper's method with one field of `grid` (default `ABLATIONS`) changed at a time.
 
     Each field's current value comes first and is marked ``*`` in the ``setting`` column;
-    ``ablation`` names the knob (`patchmix.config.knob_label`).
+    ``ablation`` names the knob (`patchmix.config.knob_label`). A field of `PRETRAINED_ONLY`
+    is left out when the model starts from random weights.
     """
     proposed = method_with_role("proposed")
     base = with_values(cfg, {"method.name": proposed.name})
     runs = []
     for key, settings in (ABLATIONS if grid is None else grid).items():
+        if key in PRETRAINED_ONLY and base.model.weights == "none":
+            continue
         current = get_value(base, key)
         for value in dict.fromkeys([current, *settings]):
             mark = " *" if value == current else ""

@@ -218,7 +218,11 @@ def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
 
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=0.1,
                         metric="cosine", random_state=seed, n_jobs=1)
-    return reducer.fit_transform(x)
+    threads = torch.get_num_threads()
+    try:
+        return reducer.fit_transform(x)
+    finally:  # the fit leaves torch on as many threads as cores: what follows keeps its count
+        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- figures

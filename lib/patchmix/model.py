@@ -56,9 +56,26 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) fbank → (B, F'·T', D) tokens, frequency-major (token k = T'·f + t)."""
+        p, s = self.proj.kernel_size[0], self.proj.stride[0]
+        if p == s:  # non-overlapping patches: the same sums as one matmul (see `_tile`)
+            w = self.proj.weight[:, 0].transpose(1, 2).flatten(1)  # (D, P·P) over (time, freq)
+            return F.linear(_tile(x, p), w, self.proj.bias)  # (B, F'·T', D)
         x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T): rows frequency, columns time
         x = self.proj(x)  # (B, D, F', T')
         return x.flatten(2).transpose(1, 2)  # (B, F'·T', D)
+
+
+def _tile(x: Tensor, p: int) -> Tensor:
+    """(B, T, F) → (B, F'·T', P·P): the non-overlapping P × P patches of the (F, T) image,
+    frequency-major, each flattened over (time, frequency) so that the copy moves whole runs
+    of P bins; frames and bins left over at the end are dropped, as the conv drops them.
+
+    Why not the conv: on CPU its backward (the weight gradient) and the transposed input's copy
+    cost a third of a small model's training step, and this route needs neither."""
+    b, t, f = x.shape
+    tt, ff = t // p, f // p
+    x = x[:, :tt * p, :ff * p].reshape(b, tt, p, ff, p)  # (B, T', time in, F', freq in)
+    return x.permute(0, 3, 1, 2, 4).reshape(b, ff * tt, p * p)  # (B, F'·T', P·P)
 
 
 class AST(nn.Module):

@@ -17,13 +17,17 @@ copy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import multiprocessing
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,14 +232,17 @@ def execute(name: str, parameters: dict[str, Any], *, notebook_dir: Path,
     parameters = {"SLIDERS": False, **parameters}  # headless: the static figures only
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(source), str(target), parameters=parameters,
-                                   cwd=str(notebook_dir), kernel_name="python3",
-                                   progress_bar=False, execution_timeout=timeout,
-                                   # local IPC sockets: no "TCP without encryption" warning
-                                   config=Config({"KernelManager": {"transport": "ipc"}}))
-    except papermill.PapermillExecutionError as err:
-        raise RuntimeError(f"{name}: {err.ename}: {err.evalue} (see {target})") from None
+    # local IPC sockets (no "TCP without encryption" warning), in a folder of this kernel's
+    # own: their default names (kernel-ipc-1, …) would collide between kernels run at once
+    with tempfile.TemporaryDirectory(prefix="patchmix-kernel-") as sockets:
+        kernel = {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}
+        try:
+            papermill.execute_notebook(str(source), str(target), parameters=parameters,
+                                       cwd=str(notebook_dir), kernel_name="python3",
+                                       progress_bar=False, execution_timeout=timeout,
+                                       config=Config({"KernelManager": kernel}))
+        except papermill.PapermillExecutionError as err:
+            raise RuntimeError(f"{name}: {err.ename}: {err.evalue} (see {target})") from None
     seconds = time.perf_counter() - start
     if html:
         _to_html(target)
@@ -297,19 +304,26 @@ def _to_html(notebook: Path) -> None:
 def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
             root: Path | None = None, executed_dir: Path | None = None,
             html: bool = True, readable_dir: Path | None = None,
-            data_roots: dict[str, str] | None = None) -> dict[str, float]:
-    """Execute `names` in order; return ``{notebook: seconds}`` (also ``timings.json``).
+            data_roots: dict[str, str] | None = None, jobs: int = 1,
+            threads: int = 0) -> dict[str, float]:
+    """Execute `names`; return ``{notebook: seconds}`` (also ``timings.json``).
 
     A notebook on a data set of its own (`NOTEBOOK_DATA`, e.g. 06 on SPRSound) gets that
     data set's folder (`data_roots` by data set name, else its environment variable,
     `notebook_roots`) as the parameter named like the variable (``SPRSOUND_ROOT``); without a
     folder it is skipped, saying so, and its committed outputs stay as they are.
     With `readable_dir`, each executed notebook is also written there as `readable_copy`
-    (``make reproduce`` keeps the demo run's under ``docs/notebooks/``, in git)."""
+    (``make reproduce`` keeps the demo run's under ``docs/notebooks/``, in git).
+
+    `jobs` > 1 runs that many notebooks at once, each in a process of its own (they only
+    read runs and share nothing but the results index, which `Outputs` writes under a lock);
+    every kernel computes on `threads` threads (default `NOTEBOOK_THREADS`), however many run
+    at once, so that what the notebooks compute (features of a trained model, a UMAP) has the
+    same bits on any number of cores. The first failure stops the others."""
     root = root or project_root()
     executed_dir = executed_dir or root / EXECUTED
     own_roots = notebook_roots(data_roots)
-    timings: dict[str, float] = {}
+    todo: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         given = parameters
         if name in own_roots:
@@ -319,16 +333,61 @@ def run_all(parameters: dict[str, Any], *, names: Sequence[str] = NOTEBOOKS,
                       f"folder: set {dataset.root_env}=…)", flush=True)
                 continue
             given = {**parameters, dataset.root_env: own_roots[name]}
-        print(f"▶ {name} …", flush=True)
-        timings[name] = round(execute(name, given, notebook_dir=root / "notebooks",
-                                      executed_dir=executed_dir, html=html), 1)
-        print(f"  {name}: {timings[name]:.0f} s", flush=True)
-        if readable_dir is not None:
-            readable_copy(executed_dir / f"{name}.ipynb", readable_dir / f"{name}.ipynb")
+        todo.append((name, given))
+    executed_dir.mkdir(parents=True, exist_ok=True)  # here: an unwritable folder fails at once
+    args = (root, executed_dir, html, readable_dir)
+    timings: dict[str, float] = {}
+    with _kernel_threads(threads or NOTEBOOK_THREADS), ProcessPoolExecutor(
+            max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+        for name, given in todo:
+            print(f"▶ {name} …", flush=True)
+            running[pool.submit(_run_one, name, given, *args)] = name
+        try:
+            for future in as_completed(running):
+                name = running[future]
+                timings[name] = future.result()
+                print(f"  {name}: {timings[name]:.0f} s", flush=True)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+    timings = {name: timings[name] for name, _ in todo}  # reading order
     (executed_dir / "timings.json").write_text(json.dumps(
         {"parameters": parameters, "seconds": timings,
          "total": round(sum(timings.values()), 1)}, indent=2) + "\n")
     return timings
+
+
+NOTEBOOK_THREADS = 1
+"""Intra-op threads of every notebook kernel that `run_all` starts (``OMP_NUM_THREADS``)."""
+
+
+def _run_one(name: str, parameters: dict[str, Any], root: Path, executed_dir: Path,
+             html: bool, readable_dir: Path | None) -> float:
+    """One notebook of `run_all`, in a worker process: executed, and its readable copy."""
+    seconds = round(execute(name, parameters, notebook_dir=root / "notebooks",
+                            executed_dir=executed_dir, html=html), 1)
+    if readable_dir is not None:
+        readable_copy(executed_dir / f"{name}.ipynb", readable_dir / f"{name}.ipynb")
+    return seconds
+
+
+@contextlib.contextmanager
+def _kernel_threads(threads: int) -> Any:
+    """``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for the kernels started inside the block
+    (they inherit the environment), restored after it."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: str(threads) for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _count(text: str) -> int:
@@ -355,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "outputs stay)")
     parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
     parser.add_argument("--no-html", action="store_true")
+    parser.add_argument("--jobs", type=_count, default=0, help="notebooks run at once "
+                        "(default: the CPU count)")
+    parser.add_argument("--threads", type=_count, default=0, help="intra-op threads of each "
+                        f"notebook kernel (default {NOTEBOOK_THREADS})")
     args = parser.parse_args(argv)
     params: dict[str, Any] = {"PROFILE": args.profile, "DATA_ROOT": args.data,
                               "WEIGHTS": args.weights}
@@ -368,19 +431,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown notebook(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
+    jobs = args.jobs or os.cpu_count() or 1
+    began = time.perf_counter()
     try:
         publishing = outputs == Path(".")  # the committed outputs: their notebooks too
         timings = run_all(params, names=names, html=not args.no_html,
                           readable_dir=project_root() / READABLE if publishing else None,
                           data_roots=None if args.sprsound is None else
-                          {"sprsound": args.sprsound})
+                          {"sprsound": args.sprsound}, jobs=jobs,
+                          threads=args.threads)
     except RuntimeError as err:  # a notebook failed: its executed copy says where
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # e.g. a read-only checkout: out/ cannot be written
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"all notebooks: {sum(timings.values()):.0f} s")
+    print(f"all notebooks: {time.perf_counter() - began:.0f} s ({sum(timings.values()):.0f} s "
+          f"of notebook time, up to {min(jobs, len(timings)) or 1} at once)")
     return 0
 
 

@@ -10,21 +10,27 @@ will look for, whoever runs it: `run_local` on this machine, or any scheduler.
 ``patchmix plan --profile demo`` prints the commands; ``--run --workers N`` trains them here
 (`run_local`); ``--submit FOLDER`` sends them to SLURM through submitit (`submit`;
 ``--cluster local`` runs the same jobs as local processes, the route the tests take);
-``--compare RUNS`` checks each run against the same run in another run cache (`compare`);
+``--compare RUNS`` judges each run against the same run in another run cache or shipped set
+(`patchmix.reproduction.judge`, which takes the bit-for-bit comparison from `compare`);
 ``--export DIR`` writes the finished runs in the compact form committed as ``shipped/``, with
 their provenance (`export`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -67,6 +73,11 @@ class Job:
     def command(self) -> str:
         """The job as a shell command line."""
         return shlex.join(["patchmix", *self.argv()])
+
+    def with_threads(self, threads: int) -> Job:
+        """The same run trained on `threads` intra-op threads (its key does not change)."""
+        train = dataclasses.replace(self.cfg.train, threads=threads)
+        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, train=train))
 
 
 def notebook_seeds(name: str, notebook_dir: Path | None = None) -> dict[str, int]:
@@ -131,27 +142,42 @@ def pending(plan: Iterable[Job], runs: Path, data: Any) -> list[Job]:
     return [j for j in plan if finished(runs / run_key(j.cfg, data_of(data, j))) is None]
 
 
+def longest_first(plan: Sequence[Job], earlier: Iterable[Path]) -> list[Job]:
+    """`plan` with the runs expected to take longest first, so that a pool's workers finish
+    together instead of one training alone at the end.
+
+    The expectation is the mean training time (``seconds_this_session``) of the finished runs
+    of the same method among the run folders `earlier` (e.g. the shipped runs); a method with
+    none keeps its place after those with one. The order changes no run."""
+    seconds: dict[str, list[float]] = {}
+    for folder in earlier:
+        summary = finished(folder, weights=False)
+        if summary and isinstance(summary.get("seconds_this_session"), int | float):
+            seconds.setdefault(str(summary.get("method")), []).append(
+                float(summary["seconds_this_session"]))
+    expected = {m: sum(v) / len(v) for m, v in seconds.items()}
+    return sorted(plan, key=lambda job: -expected.get(job.cfg.method.name, 0.0))
+
+
 def run_local(plan: Sequence[Job], *, workers: int = 0, threads: int = 0,
               log_dir: Path | None = None) -> list[tuple[Job, int]]:
     """Train `plan` with up to `workers` ``patchmix train`` processes at once.
 
-    Each process gets `threads` intra-op threads through ``OMP_NUM_THREADS``: the profile's
-    ``train.threads`` where it pins them (``demo``: 2), else `threads`, else the CPU count ÷
-    `workers`. `workers` 0 means the CPU count ÷ threads (at least 1): one two-thread demo
-    run on a 2-core laptop, eight at once on 16 cores. Each process's output goes to
-    ``log_dir/<n>.log``. Returns the jobs that failed, with their exit status. A line is
-    printed when each job ends.
-
-    CPU kernels split their sums by thread, so a run trained with another thread count than
-    the one it was first trained with differs in the last bits; the thread count is part of
-    a run's key only where the profile pins it.
+    Each process gets the profile's ``train.threads`` where it pins them (``demo``: 1), else
+    the CPU count ÷ `workers`; `threads` > 0 replaces either (the thread count is not part
+    of a run's key: the runs are the same runs, other in their last bits). `workers` 0 means
+    the CPU count ÷ threads (at least 1): two one-thread demo runs at once on a 2-core
+    laptop, sixteen on 16 cores. Each process's output goes to ``log_dir/<n>.log``. Returns
+    the jobs that failed, with their exit status. A line is printed when each job ends.
     """
     cores = os.cpu_count() or 1
+    if threads:
+        plan = [job.with_threads(threads) for job in plan]
     pinned = {job.cfg.train.threads for job in plan} - {0}
-    if len(pinned) > 1 or (pinned and threads and threads not in pinned):
-        raise ValueError(f"the runs pin train.threads={', '.join(map(str, sorted(pinned)))}; "
-                         "leave --threads out (or override train.threads)")
-    threads = max(pinned) if pinned else threads or max(1, cores // (workers or 1))
+    if len(pinned) > 1:
+        raise ValueError(f"the runs pin different thread counts "
+                         f"({', '.join(map(str, sorted(pinned)))}): give --threads")
+    threads = max(pinned) if pinned else max(1, cores // (workers or 1))
     workers = workers or max(1, cores // threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log_dir = log_dir or project_root() / "out" / "plan"
@@ -159,17 +185,17 @@ def run_local(plan: Sequence[Job], *, workers: int = 0, threads: int = 0,
     failed: list[tuple[Job, int]] = []
     done = 0
     start = time.perf_counter()
+    jobs_now = _Running()
 
     def train(n: int, job: Job) -> tuple[int, float]:
         began = time.perf_counter()
-        with open(log_dir / f"{n:03d}.log", "w", encoding="utf-8") as log:
-            log.write(job.command() + "\n")
-            log.flush()
-            code = subprocess.call(job.process(), env=env,
-                                   cwd=project_root(), stdout=log, stderr=subprocess.STDOUT)
-        return code, time.perf_counter() - began
+        log = log_dir / f"{n:03d}.log"
+        log.write_text(job.command() + "\n", encoding="utf-8")
+        return _launch(job, env, log, server, jobs_now), time.perf_counter() - began
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait on processes
+    server = _fork_server() if plan else None
+    pool = ThreadPoolExecutor(max_workers=workers)  # threads only wait on processes
+    try:
         futures = {pool.submit(train, n, job): job for n, job in enumerate(plan, 1)}
         for future in as_completed(futures):
             job, (code, seconds) = futures[future], future.result()
@@ -179,7 +205,120 @@ def run_local(plan: Sequence[Job], *, workers: int = 0, threads: int = 0,
                   f"{seconds:.0f} s ({time.perf_counter() - start:.0f} s so far)", flush=True)
             if code:
                 failed.append((job, code))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (the CLI raises it as one)
+        jobs_now.stop(terminated=getattr(err, "signum", None) == signal.SIGTERM)
+        raise
+    finally:  # an interrupted pool starts no more jobs and waits for those it started
+        pool.shutdown(wait=True, cancel_futures=True)
     return failed
+
+
+class _Running:
+    """The pool's job processes, so that an interrupted pool can end them: after `stop`, no
+    job starts, and a job that starts anyway (its fork was under way) is terminated."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[int] = []  # their pids
+        self.stopped = False
+
+    def add(self, pid: int) -> None:
+        """Record a started job; terminate it at once when the pool is stopping."""
+        with self.lock:
+            self.started.append(pid)
+            late = self.stopped
+        if late:
+            _signal(pid, signal.SIGTERM)
+
+    def stopping(self) -> bool:
+        with self.lock:
+            return self.stopped
+
+    def stop(self, *, terminated: bool) -> None:
+        """SIGTERM to the parent (`terminated`) is passed on to every job; Ctrl-C reached
+        the jobs already (a terminal signals the whole process group), so only those started
+        since are terminated, none is signalled twice while it cleans up."""
+        with self.lock:
+            self.stopped = True
+            started = list(self.started)
+        for pid in started if terminated else []:
+            _signal(pid, signal.SIGTERM)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended on its own
+        os.kill(pid, signum)
+
+
+# The heavy imports a ``patchmix train`` process spends its first seconds on (torch, timm,
+# pandas: about 6 s on a laptop core, a tenth of a demo run), done once in the pool's fork
+# server, so that each job starts from a warm copy of it.
+_PRELOAD = ["patchmix.cli", "patchmix.train", "patchmix.experiment"]
+
+
+def _fork_server() -> Any:
+    """The fork server's multiprocessing context, started (None where the platform has none).
+
+    It starts with Ctrl-C ignored, so that an interrupt during its imports ends the pool
+    without a traceback from it; each job restores the handler (`_job_process`). Call from the
+    main thread (signal handlers can only be set there)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the server
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return context
+
+
+def _launch(job: Job, env: dict[str, str], log: Path, context: Any,
+            running: _Running) -> int:
+    """Run ``patchmix train`` for `job` in a new process with `env`, its output appended to
+    `log`; return its exit status (negative: killed by that signal; 143 when the pool stopped
+    before it began).
+
+    Where the platform has a fork server, the process is a fork of one that has already
+    imported the library (`_PRELOAD`) and runs `patchmix.cli.main` on the job's arguments:
+    the same code as the command line, without its start-up (`context`, from `_fork_server`).
+    Without one (None) it is the command itself, `Job.process`. `running` records it."""
+    if running.stopping():
+        return 143
+    if context is None:
+        with open(log, "a", encoding="utf-8") as out:
+            child = subprocess.Popen(job.process(), env=env, cwd=project_root(), stdout=out,
+                                     stderr=subprocess.STDOUT)
+            running.add(child.pid)
+            return child.wait()
+    process = context.Process(target=_job_process, args=(job.argv(), env, str(log),
+                                                         str(project_root())))
+    process.start()
+    running.add(process.pid)
+    process.join()
+    return int(process.exitcode if process.exitcode is not None else 1)
+
+
+def _job_process(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
+    """The body of a forked job (`_launch`): the job's environment, folder and output, then
+    the command line's own entry point."""
+    import torch  # noqa: PLC0415 - imported already by the fork server
+
+    os.environ.clear()  # the fork server's copy dates from its start, not from this job
+    os.environ.update(env)
+    os.chdir(cwd)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server ignores Ctrl-C
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    from patchmix.cli import main  # noqa: PLC0415
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def submit(plan: Sequence[Job], folder: str | os.PathLike, *, cluster: str | None = None,
@@ -215,9 +354,10 @@ def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> lis
     """Each job's run in the run cache `actual` against the same run in `expected`.
 
     One row per job: ``label``, ``seed``, ``run`` (its key), ``status`` (``same`` when every
-    epoch's metrics and every prediction file `expected` has are equal to the last bit,
+    epoch's metrics, every prediction file `expected` has and every protocol's scores in
+    ``summary.json`` are equal to the last bit,
     ``differs``, or ``missing`` when either cache lacks the finished run), ``first_epoch``
-    that differs (text: ``predictions`` when only they do; empty when none), and
+    that differs (text: ``predictions`` or ``summary`` when only they do; empty when none), and
     ``last_score_diff``, the change of the last-epoch test Score (actual − expected, points;
     NaN when missing). Either side may be shipped runs (`export`), which keep no weights.
     """
@@ -239,6 +379,9 @@ def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> lis
                     or p.read_bytes() != (actual / key / p.name).read_bytes()
                     for p in sorted((expected / key).glob("predictions-*.csv"))):
                 differing = ["predictions"]
+            if not differing and (finished(expected / key, weights=False)["protocols"]
+                                  != finished(actual / key, weights=False)["protocols"]):
+                differing = ["summary"]
             row["status"] = "differs" if differing else "same"
             row["first_epoch"] = str(differing[0]) if differing else ""
             row["last_score_diff"] = new[-1]["test_score"] - old[-1]["test_score"]
@@ -285,14 +428,15 @@ def _git(*args: str) -> str:
         return ""
 
 
-def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, Any]:
+def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any, *,
+           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the finished runs of `plan` from the run cache `runs` to `dest` as shipped runs.
 
     Each run keeps `SHIPPED_FILES` under its key, and ``final.pt`` where a notebook opens it
     (`Job.weights`); ``PROVENANCE.json`` says where they come from: the commit (and whether
     the library's code differed from it), the profile, the data set and its identity, each
     notebook's seeds, the machine (`machine`) and, per run, its label, seed, notebooks and
-    command.
+    command; and `extra` (the CLI adds the noise scale of `patchmix.reproduction.seed_noise`).
     `dest` is replaced as a whole, so it holds exactly this plan. A ValueError lists the runs
     that are not finished. Returns the provenance.
     """
@@ -315,7 +459,8 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any) -> dict[str, 
         "machine": machine(),
         "runs": [{"run": run_key(j.cfg, data), "label": j.label, "seed": j.cfg.seed,
                   "notebooks": list(j.notebooks), "weights": j.weights,
-                  "command": j.command()} for j in plan]}
+                  "command": j.command()} for j in plan],
+        **(extra or {})}
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

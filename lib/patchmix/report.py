@@ -9,15 +9,17 @@ The paper's reference numbers live here too, as data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from patchmix.atomic import atomic_path, write_json_atomic, write_text_atomic
+from patchmix.atomic import atomic_path, exclusive, write_json_atomic, write_text_atomic
 from patchmix.experiment import NOTEBOOK_RUNS
 from patchmix.methods import get_method, method_names, method_with_role
 
@@ -106,13 +108,17 @@ class Outputs:
 
     def table(self, frame: pd.DataFrame, stem: str, description: str, *,
               floatfmt: str = ".1f") -> None:
-        """Write ``results/<notebook>-<stem>.csv`` (tidy, full precision) and a ``.md`` twin.
+        """Write ``results/<notebook>-<stem>.csv`` (tidy) and a ``.md`` twin, both at the
+        precision reported: `floatfmt`'s decimals.
 
-        The Markdown copy rounds numbers and opens with a line stating the context.
+        The Markdown copy opens with a line stating the context. Why the CSV is rounded too:
+        at full precision, a number computed on another CPU model (a silhouette, a loss)
+        differs in its 8th digit, and the committed file would change though no reported
+        number did.
         """
         csv = self.results_dir / self._name(stem, ".csv")
         with atomic_path(csv) as tmp:
-            frame.to_csv(tmp, index=False)
+            reported(frame, floatfmt).to_csv(tmp, index=False)
         md = csv.with_suffix(".md")
         write_text_atomic(md, f"{description}\n\n{self.context_line()}\n\n"
                           f"{markdown_table(frame, floatfmt)}\n")
@@ -131,20 +137,46 @@ class Outputs:
 
     def _record(self, path: Path, description: str) -> None:
         manifest_path = self.results_dir / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        folder = "figures" if path.parent == self.figures_dir else "results"
-        manifest[f"{folder}/{path.name}"] = {"notebook": self.notebook,
-                                             "description": description, **self.context}
-        manifest = dict(sorted(manifest.items()))
-        write_json_atomic(manifest_path, manifest)
-        write_text_atomic(self.results_dir / "README.md", results_readme(manifest))
+        # notebooks run at once (`patchmix.notebooks.run_all`) share the index: one at a time
+        with exclusive(_index_lock(self.results_dir), "a notebook writing the results index",
+                       wait=True):
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+            folder = "figures" if path.parent == self.figures_dir else "results"
+            manifest[f"{folder}/{path.name}"] = {"notebook": self.notebook,
+                                                 "description": description, **self.context}
+            manifest = dict(sorted(manifest.items()))
+            write_json_atomic(manifest_path, manifest)
+            write_text_atomic(self.results_dir / "README.md", results_readme(manifest))
+
+
+def _index_lock(results_dir: Path) -> Path:
+    """The folder whose lock guards `results_dir`'s index: in the temporary folder, so that
+    no lock file lies among the outputs."""
+    name = hashlib.sha256(str(results_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"patchmix-results-{name}"
+
+
+def reported(frame: pd.DataFrame, floatfmt: str = ".1f") -> pd.DataFrame:
+    """`frame` with its float columns rounded to the decimals of `floatfmt` (``".2f"`` → 2),
+    as `markdown_table` shows them (``-0.0`` written as ``0.0``); a format without a
+    fixed number of decimals leaves the frame as it is."""
+    match = re.fullmatch(r"\.(\d+)f", floatfmt)
+    if not match:
+        return frame
+    out = frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].round(int(match[1])) + 0.0  # + 0.0: no negative zero
+    return out
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".1f") -> str:
     """A GitHub Markdown table of `frame` (floats formatted with `floatfmt`, NaN as –)."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return "–" if v != v else format(v, floatfmt)
+            text = "–" if v != v else format(v, floatfmt)
+            # a number that rounds to zero is "0.00", as `reported` writes it, not "-0.00"
+            return text[1:] if text.startswith("-") and not text.strip("-0.") else text
         return str(v).replace("|", "\\|")
     head = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"

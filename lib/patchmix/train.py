@@ -57,7 +57,7 @@ from patchmix.atomic import (
     write_text_atomic,
 )
 from patchmix.augment import spec_augment
-from patchmix.config import ExperimentConfig, to_dict
+from patchmix.config import ExperimentConfig, config_from_dict, result_config, to_dict
 from patchmix.datasets import CLASSES, Data
 from patchmix.methods import Method, Net, get_method
 from patchmix.metrics import icbhi_scores
@@ -88,9 +88,11 @@ def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
 
 def ma_update(tensors: list[torch.Tensor], previous: list[torch.Tensor], beta: float) -> None:
     """``w ← β·w_old + (1−β)·w_new`` in place (the official ``ma_update``)."""
-    with torch.no_grad():
-        for new, old in zip(tensors, previous, strict=True):
-            new.mul_(1 - beta).add_(old, alpha=beta)
+    if len(tensors) != len(previous):
+        raise ValueError(f"{len(tensors)} tensors but {len(previous)} previous values")
+    with torch.no_grad():  # one call per operation over all tensors, the same arithmetic
+        torch._foreach_mul_(tensors, 1 - beta)
+        torch._foreach_add_(tensors, previous, alpha=beta)
 
 
 def _float_state(modules: list[nn.Module]) -> list[torch.Tensor]:
@@ -134,8 +136,10 @@ class Run:
         self.method: Method = get_method(cfg.method.name)(cfg, train_labels).to(device)
         self.modules: list[nn.Module] = [self.model, self.method]
         params = [p for m in self.modules for p in m.parameters()]
+        # foreach: one kernel per operation over every parameter (the for-loop Adam, which
+        # CPU would otherwise get, gives the same numbers more slowly)
         self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr,
-                                          weight_decay=cfg.train.weight_decay)
+                                          weight_decay=cfg.train.weight_decay, foreach=True)
         bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto"
                                                  and device.type == "cuda")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
@@ -399,7 +403,8 @@ def _resume(run: Run, checkpoint: Path, device: torch.device) -> tuple[Record, i
     saved = read_checkpoint(checkpoint, ("state", "history", "best", "epoch", "config"),
                             "resume checkpoint (last.pt); delete it to start the run again",
                             device)
-    if saved["config"] != to_dict(run.cfg):
+    # another thread count or data folder continues the same run (`result_config`)
+    if result_config(config_from_dict(saved["config"])) != result_config(run.cfg):
         raise ValueError(f"{checkpoint} belongs to another configuration: use another "
                          f"output folder, or delete {checkpoint.parent} to train this one there")
     run.load_state(saved["state"])
