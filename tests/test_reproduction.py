@@ -182,8 +182,9 @@ def test_the_documented_tolerances_are_those_of_the_shipped_runs():
 
 
 def test_a_protocol_that_chose_another_epoch_is_held_against_that_epoch(shipped):
-    """A selecting protocol whose choice fell on another epoch reports that epoch's Sp and Se:
-    they are compared with the twin's at the same epoch, not with the twin's choice."""
+    """A selecting protocol whose choice fell on another epoch reports that epoch's Sp and Se,
+    and val its test Score too: they are compared with the twin's at the same epoch, not with
+    the twin's choice."""
     plan, data, base, _ = shipped
     other = _copy(base, "moved_epoch")
     key = run_key(plan[0].cfg, data)
@@ -194,11 +195,15 @@ def test_a_protocol_that_chose_another_epoch_is_held_against_that_epoch(shipped)
     elsewhere = next(e for e in history if e["epoch"] != val["epoch"])
     # the twin (other) chose `elsewhere`'s epoch, whose Sp and Se are far off in a made-up
     # way; the retrained run (base/runs) chose its own epoch, which the twin's history holds
-    val.update(epoch=elsewhere["epoch"], sp=val["sp"] + 40.0, se=val["se"] - 40.0)
+    val.update(epoch=elsewhere["epoch"], sp=val["sp"] + 40.0, se=val["se"] - 40.0,
+               score=val["score"] + 30.0)
     (other / key / "summary.json").write_text(json.dumps(summary))
     judged = judge(plan, other, base / "runs", data)
     row = judged.runs[(judged.runs["run"] == key) & (judged.runs["protocol"] == "val")
                       & (judged.runs["metric"] == "sp")].iloc[0]
     assert "→" in row["epoch"] and row["old"] != row["compared"]
+    score = judged.runs[(judged.runs["run"] == key) & (judged.runs["protocol"] == "val")
+                        & (judged.runs["metric"] == "score")].iloc[0]
+    assert score["old"] != score["compared"] and score["ok"]
     assert judged.passed, judged.outside
     assert "chose another epoch" in judged.verdict()

@@ -181,8 +181,8 @@ class Judgement:
                 f"{worst['new'] - worst['compared']:+.2f} points, {worst['label']} seed "
                 f"{worst['seed']}, {worst['protocol']} {_NAMES[worst['metric']]}; tolerance "
                 f"±{worst['tolerance']:.2f}; {self.bits} of {self.n_runs} runs identical to the "
-                "last bit" + (f"; {moved} chose another epoch under best_test or val, their Sp "
-                              "and Se held against the twin's at that epoch" if moved else "")
+                "last bit" + (f"; {moved} chose another epoch under best_test or val, held "
+                              "against the twin's numbers at that epoch" if moved else "")
                 + ")")
 
 
@@ -217,9 +217,18 @@ def _recorded_noise(folder: Path) -> dict[str, Any] | None:
 
 SELECTING: tuple[str, ...] = ("best_test", "val")
 """The protocols that choose an epoch by a Score. When a retrained run's choice falls on
-another epoch of about the same Score, the Sp and Se it reports are that epoch's, which can
-differ from the twin's chosen epoch by tens of points in opposite directions: they are compared
-with the twin's Sp and Se at that same epoch (its ``metrics.jsonl``) instead."""
+another epoch of about the same Score, the numbers it reports are that epoch's, which can
+differ from the twin's chosen epoch by tens of points: they are compared with the twin's at
+that same epoch (its ``metrics.jsonl``) instead (`held_at_epoch`)."""
+
+
+def held_at_epoch(protocol: str, metric: str) -> bool:
+    """Whether a protocol's `metric`, where the chosen epoch moved, is held against the twin's
+    value at the epoch chosen now: Sp and Se of both selecting protocols, and val's test Score,
+    which the choice does not look at (it maximises the validation Score). best_test's Score is
+    the very maximum chosen over, which an epoch's flip barely moves: it is compared as
+    reported."""
+    return protocol in SELECTING and (metric != "score" or protocol == "val")
 
 
 def _long(scores: pd.DataFrame) -> pd.DataFrame:
@@ -228,9 +237,11 @@ def _long(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def _moved(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose Sp or Se a selecting protocol took from another epoch than its twin's."""
-    return (frame["protocol"].isin(SELECTING) & frame["metric"].isin(("sp", "se"))
-            & (frame["epoch_old"] != frame["epoch_new"]))
+    """Rows whose number a selecting protocol took from another epoch than its twin's and
+    that are held against the twin's at that epoch (`held_at_epoch`)."""
+    held = [held_at_epoch(p, m) for p, m in zip(frame["protocol"], frame["metric"],
+                                                strict=True)]
+    return pd.Series(held, index=frame.index) & (frame["epoch_old"] != frame["epoch_new"])
 
 
 def _at_epoch(run_dir: Path, epoch: float, metric: str) -> float:
@@ -248,8 +259,8 @@ def _at_epoch(run_dir: Path, epoch: float, metric: str) -> float:
 def _per_run(old: pd.DataFrame, new: pd.DataFrame, noise: dict[str, Any],
              expected: Path) -> pd.DataFrame:
     """Each run's numbers against its twin's, within the tolerance; ``compared`` is the twin's
-    value they are held against: the one it reports, or, for the Sp and Se of a selecting
-    protocol that chose another epoch, its value at the epoch this run chose."""
+    value they are held against: the one it reports, or, where a selecting protocol chose
+    another epoch, its value at the epoch this run chose (`held_at_epoch`)."""
     both = _long(old).merge(_long(new), on=["label", "seed", "group", "run", "protocol",
                                             "metric"], how="outer", suffixes=("_old", "_new"))
     both = both[both["run"].isin(set(old["run"]) & set(new["run"]))]  # missing runs: apart
@@ -277,8 +288,8 @@ def _per_row(old: pd.DataFrame, new: pd.DataFrame, noise: dict[str, Any], expect
     """Seed means per configuration × protocol × metric, with the old mean's bootstrap
     interval (the runs' predictions, patients resampled): the new mean must lie in it and
     within the tolerance of a mean. Where a selecting protocol chose other epochs (`_per_run`),
-    the Sp and Se means are held against the twins' values at those epochs instead, within the
-    tolerance (the interval is the old epochs')."""
+    the means `held_at_epoch` are held against the twins' values at those epochs instead, within
+    the tolerance (the interval is the old epochs')."""
     common = set(old["run"]) & set(new["run"])
     old, new = old[old["run"].isin(common)], new[new["run"].isin(common)]
     rows = []
@@ -295,7 +306,7 @@ def _per_row(old: pd.DataFrame, new: pd.DataFrame, noise: dict[str, Any], expect
             tol = tolerance(noise, protocol, m, len(runs))
             inside = ci[f"{m}_lo"] <= after <= ci[f"{m}_hi"] or reported == after
             compared = reported
-            if moved and m != "score":  # the twins at the epochs chosen now
+            if moved and held_at_epoch(protocol, m):  # the twins at the epochs chosen now
                 compared = sum(_at_epoch(expected / r, chosen[r], m)
                                for r in runs["run"]) / len(runs)
                 inside = True
