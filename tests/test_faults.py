@@ -307,6 +307,29 @@ def test_predict_with_annotations_checks_the_wav(smoke_checkpoint, tmp_path, cap
     assert any(m in err for m in message.split("|"))
 
 
+def test_predict_with_an_empty_annotation_file_is_one_line(smoke_checkpoint, tmp_path, capsys):
+    wav = tmp_path / "x.wav"
+    write_wav(wav, seconds=3.0, rate=4000)
+    notes = tmp_path / "x.txt"
+    notes.write_text("")
+    err = one_line_error(capsys, ["predict", str(smoke_checkpoint), str(wav),
+                                  "--annotations", str(notes)])
+    assert "x.txt: no cycle annotated" in err
+
+
+def test_a_split_with_no_test_recording_is_refused_before_training(make_data, tmp_path,
+                                                                   capsys):
+    """Every score would be NaN and the run cached as finished."""
+    root = make_data({"101_1b1_Al_sc_Meditron": "train", "102_1b1_Ar_sc_Meditron": "train"})
+    cfg = with_values(profile("smoke"), {"data.root": str(root), "data.val_fraction": 0.0})
+    with pytest.raises(DataError, match="no test cycle"):
+        train.fit(cfg, load_data(cfg.data, progress=False), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    err = one_line_error(capsys, ["train", "--profile", "smoke", "--out", str(tmp_path / "cli"),
+                                  f"data.root={root}", "data.val_fraction=0"])
+    assert "no test cycle" in err
+
+
 # --- 9: a full disk is one clear error, and no temporary is left ----------------------------
 
 

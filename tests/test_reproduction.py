@@ -15,10 +15,14 @@ import pytest
 
 from patchmix.cli import main
 from patchmix.datasets import load_data
-from patchmix.experiment import PROVENANCE, run_key
+from patchmix.experiment import run_key
+from patchmix.integrity import FILES, PROVENANCE, checksums
+from patchmix.metrics import icbhi_scores
 from patchmix.plan import jobs
 from patchmix.reproduction import (
     NOISE,
+    Judgement,
+    _per_run,
     factor,
     judge,
     outputs_lines,
@@ -55,6 +59,40 @@ def _copy(base: Path, name: str) -> Path:
     return other
 
 
+def _reship(folder: Path) -> None:
+    """Record `folder`'s files as its checksums, as exporting these runs would have."""
+    made = json.loads((folder / PROVENANCE).read_text())
+    for entry in made["runs"]:
+        entry[FILES] = checksums(folder / entry["run"])
+    (folder / PROVENANCE).write_text(json.dumps(made))
+
+
+def _repredict(run_dir: Path, protocol: str, pred) -> float:
+    """Give `protocol`'s epoch other predictions (`pred`: labels → predictions) and every file
+    that reports that epoch (its protocols' prediction files and summaries, its history
+    line) the scores they make: another run, consistent in itself. Returns its new Score."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    epoch = summary["protocols"][protocol]["epoch"]
+    for name, entry in summary["protocols"].items():
+        if entry["epoch"] != epoch:
+            continue
+        path = run_dir / f"predictions-{name}.csv"
+        frame = pd.read_csv(path)
+        frame["pred"] = pred(frame["label"].to_numpy())
+        frame.to_csv(path, index=False)
+        scores = icbhi_scores(frame["label"].to_numpy(), frame["pred"].to_numpy())
+        entry.update({k: scores[k] for k in ("sp", "se", "score", "per_class_recall",
+                                              "confusion")})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text()
+               .splitlines()]
+    for line in history:
+        if line["epoch"] == epoch:
+            line.update({f"test_{m}": scores[m] for m in ("sp", "se", "score")})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return scores["score"]
+
+
 def test_identical_runs_are_reproduced_to_the_last_bit(shipped, capsys):
     plan, data, base, args = shipped
     judged = judge(plan, base / "shipped", base / "runs", data)
@@ -72,6 +110,7 @@ def test_a_run_that_differs_in_its_last_bits_is_reproduced_within_noise(shipped,
     first = json.loads(lines[0])
     first["train_loss"] = math.nextafter(first["train_loss"], math.inf)  # one bit of one loss
     (other / key / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    _reship(other)  # another set of runs, shipped as such
     judged = judge(plan, other, base / "runs", data)
     assert judged.bits == 3 and judged.passed and judged.outside.empty
     assert judged.verdict().startswith("reproduced within noise")
@@ -87,11 +126,12 @@ def test_a_shipped_score_moved_beyond_the_tolerance_fails_naming_the_run(shipped
     noise = json.loads((other / PROVENANCE).read_text())[NOISE]  # recorded at export
     job = plan[2]  # Patch-Mix CL, seed 1
     key = run_key(job.cfg, data)
-    summary = json.loads((other / key / "summary.json").read_text())
-    last = summary["protocols"]["last"]
-    moved = tolerance(noise, "last", "score") + 5.0  # beyond any tolerance, NaN-safe below
-    last["score"] = last["score"] - moved if last["score"] > 50 else last["score"] + moved
-    (other / key / "summary.json").write_text(json.dumps(summary))
+    before = json.loads((other / key / "summary.json").read_text())["protocols"]["last"]
+    # every cycle right (Score 100) or every one wrong (0), whichever lies further away
+    right = before["score"] < 50
+    after = _repredict(other / key, "last", (lambda y: y) if right else (lambda y: (y + 1) % 4))
+    assert abs(after - before["score"]) > tolerance(noise, "last", "score")
+    _reship(other)
     judged = judge(plan, other, base / "runs", data)
     assert not judged.passed
     outside = judged.outside
@@ -181,29 +221,30 @@ def test_the_documented_tolerances_are_those_of_the_shipped_runs():
     assert seed_noise(pd.DataFrame(rows)) == made[NOISE]
 
 
-def test_a_protocol_that_chose_another_epoch_is_held_against_that_epoch(shipped):
+def test_a_protocol_that_chose_another_epoch_is_held_against_that_epoch(tmp_path):
     """A selecting protocol whose choice fell on another epoch reports that epoch's Sp and Se,
     and val its test Score too: they are compared with the twin's at the same epoch, not with
-    the twin's choice."""
-    plan, data, base, _ = shipped
-    other = _copy(base, "moved_epoch")
-    key = run_key(plan[0].cfg, data)
-    history = [json.loads(line) for line in (other / key / "metrics.jsonl").read_text()
-               .splitlines()]
-    summary = json.loads((other / key / "summary.json").read_text())
-    val = summary["protocols"]["val"]
-    elsewhere = next(e for e in history if e["epoch"] != val["epoch"])
-    # the twin (other) chose `elsewhere`'s epoch, whose Sp and Se are far off in a made-up
-    # way; the retrained run (base/runs) chose its own epoch, which the twin's history holds
-    val.update(epoch=elsewhere["epoch"], sp=val["sp"] + 40.0, se=val["se"] - 40.0,
-               score=val["score"] + 30.0)
-    (other / key / "summary.json").write_text(json.dumps(summary))
-    judged = judge(plan, other, base / "runs", data)
-    row = judged.runs[(judged.runs["run"] == key) & (judged.runs["protocol"] == "val")
-                      & (judged.runs["metric"] == "sp")].iloc[0]
-    assert "→" in row["epoch"] and row["old"] != row["compared"]
-    score = judged.runs[(judged.runs["run"] == key) & (judged.runs["protocol"] == "val")
-                        & (judged.runs["metric"] == "score")].iloc[0]
-    assert score["old"] != score["compared"] and score["ok"]
-    assert judged.passed, judged.outside
-    assert "chose another epoch" in judged.verdict()
+    the twin's choice; best_test's Score, the maximum chosen over, as reported."""
+    (tmp_path / "r").mkdir()
+    history = [{"epoch": 1, "test_sp": 90.0, "test_se": 10.0, "test_score": 50.0},
+               {"epoch": 2, "test_sp": 60.0, "test_se": 42.0, "test_score": 51.0}]
+    (tmp_path / "r" / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n"
+                                                          for h in history))
+    row = {"label": "m", "seed": 1, "group": "g", "run": "r"}
+    # the twin chose epoch 1 under both; the retrained run chose epoch 2 with other numbers
+    old = pd.DataFrame([{**row, "protocol": p, "sp": 90.0, "se": 10.0, "score": 50.0,
+                         "epoch": 1} for p in ("best_test", "val")])
+    new = pd.DataFrame([{**row, "protocol": p, "sp": 61.0, "se": 41.0, "score": 51.0,
+                         "epoch": 2} for p in ("best_test", "val")])
+    noise = {"sd": {p: dict.fromkeys(("sp", "se", "score"), 1.0) for p in ("best_test", "val")},
+             "dof": {"best_test": 7, "val": 7}}
+    runs = _per_run(old, new, noise, tmp_path).set_index(["protocol", "metric"])
+    assert runs.loc[("val", "sp"), "compared"] == 60.0  # the twin at epoch 2
+    assert runs.loc[("val", "score"), "compared"] == 51.0
+    assert runs.loc[("best_test", "score"), "compared"] == 50.0  # as reported
+    assert runs["epoch"].eq("1 → 2").all() and runs["ok"].all()  # 1 point off, within 4.53 √2
+    naive = _per_run(old, new.assign(epoch=1), noise, tmp_path)  # held against the choice
+    assert not naive.set_index(["protocol", "metric"]).loc[("val", "sp"), "ok"]
+    judged = Judgement(_per_run(old, new, noise, tmp_path), pd.DataFrame(columns=["ok"]), 0,
+                       [], noise, 1)
+    assert judged.passed and "chose another epoch" in judged.verdict()

@@ -162,7 +162,8 @@ def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
     """The committed layer: `export` writes compact runs with their provenance, `run` reads
     them when the run cache lacks them (weights where a notebook opens them), never writing
     there, and `compare` checks a retraining against them."""
-    from patchmix.experiment import PROVENANCE, load_trained, run, shipped_dir
+    from patchmix.experiment import load_trained, run, shipped_dir
+    from patchmix.integrity import PROVENANCE
     from patchmix.latent import load_projector
     from patchmix.notebooks import where_from
     from patchmix.plan import SHIPPED_FILES, export

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from patchmix.datasets import load_cycles
-from patchmix.experiment import PROVENANCE, SHIPPED, run_key
+from patchmix.experiment import SHIPPED, run_key
+from patchmix.integrity import PROVENANCE
 from patchmix.plan import SHIPPED_FILES, jobs
 from patchmix.train import finished
 

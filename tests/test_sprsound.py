@@ -213,6 +213,8 @@ def test_skips_are_counted_and_reported(tmp_path):
     (json.dumps(note(("-5", "100", "Normal"))), "event 1 start '-5' is not a time in ms"),
     (json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "0"}]}),
      "event 1 lacks start, end or type"),
+    (json.dumps(note(("0", "100", ["Normal"]))), r"event 1 has unknown type \['Normal'\]"),
+    (json.dumps(note(("0", "100", {"name": "Normal"}))), "event 1 has unknown type {'name'"),
 ])
 def test_unreadable_annotations_are_one_line_errors(tmp_path, capsys, text, message):
     root = release(tmp_path, {NAME.format(1): text})
@@ -221,6 +223,24 @@ def test_unreadable_annotations_are_one_line_errors(tmp_path, capsys, text, mess
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"{NAME.format(1)}.json" in err
+
+
+def test_a_recording_in_train_and_test_and_an_event_under_one_sample_are_reported(tmp_path):
+    """A recording annotated in train and in a test part would be scored on after being
+    learnt from: it is used in neither. An event shorter than one 16 kHz sample (5000 →
+    5000.01 ms) has nothing to cut."""
+    root = release(tmp_path, {NAME.format(1): note(("0", "500", "Normal")),
+                              NAME.format(2): note(("0", "500", "Normal"),
+                                                   ("3000", "3000.01", "Wheeze"))},
+                   intra={NAME.format(1): note(("0", "500", "Wheeze"))},
+                   inter={NAME.format(3).replace("41067823", "5"): note(("0", "800", "Normal"))})
+    df = read_sprsound(root)
+    problems = {(p["kind"], p["file"].split("/")[-1], p["action"]) for p in df.attrs["problems"]}
+    assert problems == {("in_train_and_test", f"{NAME.format(1)}.json", "skipped"),
+                        ("event_too_short", f"{NAME.format(2)}.json event 2", "skipped")}
+    assert NAME.format(1) not in set(df["recording"])
+    assert df.groupby("split").size().to_dict() == {"test_inter": 1, "train": 1}
+    assert main(["data", "check", str(root)]) == 0
 
 
 def test_the_readme_key_name_and_no_split_file(tmp_path):

@@ -419,7 +419,7 @@ FAMILY_TITLES = {"icbhi": "ICBHI", "sprsound": "SPRSound"}
 
 def _predict(args: argparse.Namespace) -> int:
     from patchmix.audio import recording_cycles, wav_info
-    from patchmix.datasets import CLASSES
+    from patchmix.datasets import CLASSES, DataError
     from patchmix.experiment import load_trained
     from patchmix.features import fbank
     from patchmix.icbhi import read_annotation
@@ -429,6 +429,9 @@ def _predict(args: argparse.Namespace) -> int:
     feats_cfg = cfg.data.features
     if args.annotations:
         cycles = read_annotation(args.annotations)
+        if not cycles:  # a header and no rows would read as a prediction of nothing
+            raise DataError(f"{args.annotations}: no cycle annotated (expected lines 'start end "
+                            "crackle wheeze'); leave out --annotations to predict 8 s windows")
         starts, ends = [c[1] for c in cycles], [c[2] for c in cycles]
         truth = [CLASSES[c[3] + 2 * c[4]] for c in cycles]
     else:

@@ -41,6 +41,7 @@ from patchmix.config import (
     with_values,
 )
 from patchmix.datasets import CLASSES, Data, dataset_root, load_data
+from patchmix.integrity import verify_shipped
 from patchmix.methods import Method, baseline_methods, method_names, method_with_role
 from patchmix.metrics import icbhi_scores_2class_from_4, patient_bootstrap_ci
 from patchmix.model import AST, build_model
@@ -49,7 +50,6 @@ from patchmix.train import finished, fit, read_checkpoint
 RUNS_ENV = "PATCHMIX_RUNS"
 SHIPPED_ENV = "PATCHMIX_SHIPPED"
 SHIPPED = "shipped"  # the committed runs, in the repository root
-PROVENANCE = "PROVENANCE.json"  # beside them: where they come from (`patchmix.plan.export`)
 
 
 def runs_dir() -> Path:
@@ -243,7 +243,9 @@ def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathL
     are: the run cache, or ``shipped/`` when only the shipped runs have it) and ``cached``
     (True when nothing was trained). An explicit `root` is the only place looked in, and
     ``shipped=False`` (``patchmix train``, the pool's workers) skips the shipped runs: the run
-    is then trained into the run cache. Pass `data` to reuse features already loaded.
+    is then trained into the run cache. Pass `data` to reuse features already loaded. A
+    cached or shipped run whose files disagree is refused (`patchmix.integrity`): a
+    RunIntegrityError naming the run and the file.
     """
     data = data if data is not None else load_data(cfg.data, progress=progress)
     key = run_key(cfg, data, distributed.env_world_size())
@@ -252,8 +254,10 @@ def run(cfg: ExperimentConfig, *, data: Data | None = None, root: str | os.PathL
     if summary is not None:
         return {**summary, "run_dir": str(out), "cached": True}
     layer = shipped_dir() if root is None and shipped else None
-    if layer is not None and (summary := finished(layer / key, weights=False)):
-        return {**summary, "run_dir": str(layer / key), "cached": True}
+    if layer is not None and (layer / key).is_dir():
+        verify_shipped(layer, key)  # byte for byte as exported, or one line naming the file
+        if summary := finished(layer / key, weights=False):
+            return {**summary, "run_dir": str(layer / key), "cached": True}
     summary = fit(cfg, data, out, progress=progress)  # trains, resumes or repairs
     return {**summary, "run_dir": str(out), "cached": False}
 

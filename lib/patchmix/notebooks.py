@@ -51,7 +51,6 @@ from patchmix.datasets import (
 from patchmix.experiment import (
     NOTEBOOK_DATA,
     NOTEBOOK_RUNS,
-    PROVENANCE,
     PlannedRun,
     notebook_roots,
     planned_runs,
@@ -60,6 +59,7 @@ from patchmix.experiment import (
     shipped_dir,
 )
 from patchmix.features import CACHE_ENV
+from patchmix.integrity import PROVENANCE
 from patchmix.methods import get_method
 from patchmix.report import NOTEBOOKS, Outputs, project_root
 

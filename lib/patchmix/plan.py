@@ -42,13 +42,13 @@ from patchmix.atomic import write_json_atomic
 from patchmix.config import ExperimentConfig, notebook_config, overrides_between, profile
 from patchmix.experiment import (
     NOTEBOOK_RUNS,
-    PROVENANCE,
     WEIGHTS_READ,
     finished,
     notebook_roots,
     planned_runs,
     run_key,
 )
+from patchmix.integrity import FILES, PROVENANCE, checksums, differing_files, verify_shipped
 from patchmix.report import NOTEBOOKS, project_root
 
 
@@ -354,19 +354,26 @@ def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> lis
     """Each job's run in the run cache `actual` against the same run in `expected`.
 
     One row per job: ``label``, ``seed``, ``run`` (its key), ``status`` (``same`` when every
-    epoch's metrics, every prediction file `expected` has and every protocol's scores in
-    ``summary.json`` are equal to the last bit,
-    ``differs``, or ``missing`` when either cache lacks the finished run), ``first_epoch``
-    that differs (text: ``predictions`` or ``summary`` when only they do; empty when none), and
-    ``last_score_diff``, the change of the last-epoch test Score (actual − expected, points;
-    NaN when missing). Either side may be shipped runs (`export`), which keep no weights.
+    file either side has is equal to the last bit, its timing in ``summary.json`` aside;
+    ``differs``; or ``missing`` when either side lacks the finished run), ``first_epoch``
+    that differs (text: the first file that differs when the per-epoch history does not;
+    empty when none), and ``last_score_diff``, the change of the last-epoch test Score
+    (actual − expected, points; NaN when missing). Either side may be shipped runs
+    (`export`), which keep only some files: a file one side has and the other lacks differs,
+    except weights and resume checkpoints a shipped side does not keep. A run whose files
+    disagree with each other, or a shipped run changed since its export, raises
+    RunIntegrityError (`patchmix.integrity`).
     """
+    shipped = {side: (side / PROVENANCE).is_file() for side in (expected, actual)}
     rows = []
     for job in plan:
         key = run_key(job.cfg, data_of(data, job))
         row: dict[str, Any] = {"label": job.label, "seed": job.cfg.seed, "run": key,
                                "status": "missing", "first_epoch": "",
                                "last_score_diff": float("nan")}
+        for side in (expected, actual):
+            if shipped[side] and (side / key).is_dir():
+                verify_shipped(side, key)
         if (finished(expected / key, weights=False) is not None
                 and finished(actual / key, weights=False) is not None):
             old, new = _epochs(expected / key), _epochs(actual / key)
@@ -374,14 +381,9 @@ def compare(plan: Sequence[Job], expected: Path, actual: Path, data: Any) -> lis
                 n for n, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b]
             if len(old) != len(new) and not differing:
                 differing = [min(len(old), len(new)) + 1]
-            if not differing and any(
-                    not (actual / key / p.name).is_file()
-                    or p.read_bytes() != (actual / key / p.name).read_bytes()
-                    for p in sorted((expected / key).glob("predictions-*.csv"))):
-                differing = ["predictions"]
-            if not differing and (finished(expected / key, weights=False)["protocols"]
-                                  != finished(actual / key, weights=False)["protocols"]):
-                differing = ["summary"]
+            if not differing:  # a shipped side keeps only some files: those count
+                kept = [*SHIPPED_FILES, "final.pt"] if any(shipped.values()) else None
+                differing = differing_files(expected / key, actual / key, kept)
             row["status"] = "differs" if differing else "same"
             row["first_epoch"] = str(differing[0]) if differing else ""
             row["last_score_diff"] = new[-1]["test_score"] - old[-1]["test_score"]
@@ -435,8 +437,9 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any, *,
     Each run keeps `SHIPPED_FILES` under its key, and ``final.pt`` where a notebook opens it
     (`Job.weights`); ``PROVENANCE.json`` says where they come from: the commit (and whether
     the library's code differed from it), the profile, the data set and its identity, each
-    notebook's seeds, the machine (`machine`) and, per run, its label, seed, notebooks and
-    command; and `extra` (the CLI adds the noise scale of `patchmix.reproduction.seed_noise`).
+    notebook's seeds, the machine (`machine`) and, per run, its label, seed, notebooks,
+    command and the SHA-256 of each of its files; and `extra` (the CLI adds the noise scale
+    of `patchmix.reproduction.seed_noise`).
     `dest` is replaced as a whole, so it holds exactly this plan. A ValueError lists the runs
     that are not finished. Returns the provenance.
     """
@@ -470,6 +473,7 @@ def export(plan: Sequence[Job], runs: Path, dest: Path, data: Any, *,
         names = [p for pattern in SHIPPED_FILES for p in sorted(source.glob(pattern))]
         for path in [*names, *([source / "final.pt"] if job.weights else [])]:
             shutil.copyfile(path, target / path.name)
+        entry[FILES] = checksums(target)  # what a reader verifies (`integrity.verify_shipped`)
     write_json_atomic(staging / PROVENANCE, provenance)
     shutil.rmtree(dest, ignore_errors=True)  # the old set goes only once the new one is whole
     staging.rename(dest)

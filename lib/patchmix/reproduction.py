@@ -43,6 +43,7 @@ from scipy import stats
 
 from patchmix.config import config_hash, result_config
 from patchmix.experiment import bootstrap_intervals, run_key
+from patchmix.integrity import PROVENANCE
 from patchmix.plan import compare, data_of
 from patchmix.train import PROTOCOLS, finished
 
@@ -194,9 +195,9 @@ def judge(plan: Sequence[Any], expected: Path, actual: Path, data: Any, *,
     """Compare each job's run in `actual` with its twin in `expected` (run caches or shipped
     sets) at the precision reported; `noise` (`seed_noise`) defaults to the one recorded in
     `expected`'s ``PROVENANCE.json``, else to that of `expected`'s own runs."""
+    bits = compare(plan, expected, actual, data)  # first: it verifies shipped sets' checksums
     old, new = scores_table(plan, expected, data), scores_table(plan, actual, data)
     noise = noise if noise is not None else _recorded_noise(expected) or seed_noise(old)
-    bits = compare(plan, expected, actual, data)
     missing = [f"{r['label']} seed {r['seed']} ({r['run']}): missing in "
                f"{expected if r['run'] not in set(old['run']) else actual}"
                for r in bits if r["status"] == "missing"]
@@ -209,7 +210,7 @@ def judge(plan: Sequence[Any], expected: Path, actual: Path, data: Any, *,
 
 def _recorded_noise(folder: Path) -> dict[str, Any] | None:
     try:
-        noise = json.loads((folder / "PROVENANCE.json").read_text(encoding="utf-8"))[NOISE]
+        noise = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))[NOISE]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return noise if isinstance(noise, dict) and noise.get("sd") else None

@@ -27,18 +27,22 @@ case                                    decision
 WAV that cannot be opened or truncated  error (names the file)
 JSON that does not parse                error (names the file)
 JSON without a record label or events   error (names the file and the missing key)
-unknown record label or event type      error (file, event number and the value)
+unknown record label or event type      error (file, event number and the value; a type
+                                        that is not a string too)
 event time that is not a number         error (file, event number and the value)
 Poor Quality record                     reported; its events (normally none) not used
 record other than Poor Quality with no  skipped, reported
 events
 event with end <= start                 skipped, reported with file and event number
 event starting at/after the recording   skipped, reported with file and event number
+event shorter than one sample at 16 kHz skipped, reported with file and event number
 event ending after the recording        kept: the cut is clamped (docs/recipe.md), counted
 file name not patient_age_sex_loc_rec   skipped, reported
 recording with no annotation            skipped, reported
 annotation with no recording            skipped, reported
 test annotation in both test folders    skipped, reported
+annotation in train and in a test part  skipped from both, reported (a recording scored on
+                                        must not be learnt from)
 folder or file not part of the release  ignored, reported (e.g. ``example/``, ``test_clip/``)
 stereo WAV                              handled: channels averaged, reported
 ======================================  =================================================
@@ -57,6 +61,7 @@ from typing import Any
 import pandas as pd
 
 from patchmix.audio import wav_info
+from patchmix.config import FeatureConfig
 from patchmix.datasets import (
     DataError,
     DataSet,
@@ -188,7 +193,7 @@ def read_annotation(path: str | os.PathLike) -> tuple[str, list[tuple[int, float
     for number, event in enumerate(raw, 1):
         if not isinstance(event, dict) or not {"start", "end", "type"} <= set(event):
             raise DataError(f"{path}: event {number} lacks start, end or type: {event!r}")
-        if event["type"] not in EVENT_TO_CLASS:
+        if not isinstance(event["type"], str) or event["type"] not in EVENT_TO_CLASS:
             raise DataError(f"{path}: event {number} has unknown type {event['type']!r} "
                             f"(expected one of {', '.join(EVENT_TYPES)})")
         times = [_milliseconds(event[key], path, number, key) for key in ("start", "end")]
@@ -264,10 +269,18 @@ def read_sprsound(root: str | os.PathLike,
         problems.append(Problem("in_both_test_parts", rel(notes["test_intra"][stem]),
                                 f"annotated in both {layout.intra} and {layout.inter}", "skipped"))
         del notes["test_intra"][stem], notes["test_inter"][stem]
+    leaked = sorted(set(notes["train"]) & (set(notes["test_intra"]) | set(notes["test_inter"])))
+    for stem in leaked:  # a model must never be scored on a recording it learnt from
+        part = "test_intra" if stem in notes["test_intra"] else "test_inter"
+        problems.append(Problem("in_train_and_test", rel(notes["train"][stem]),
+                                f"annotated in {layout.train_json} and in "
+                                f"{rel(notes[part][stem])}", "skipped"))
+        for folder in notes.values():
+            folder.pop(stem, None)
     wavs = {"train": _files(top / layout.train_wav, ".wav"),
             "test": _files(top / layout.test_wav, ".wav")}
-    test_notes = set(notes["test_intra"]) | set(notes["test_inter"]) | set(both)
-    for group, annotated in (("train", set(notes["train"])), ("test", test_notes)):
+    test_notes = set(notes["test_intra"]) | set(notes["test_inter"]) | set(both) | set(leaked)
+    for group, annotated in (("train", set(notes["train"]) | set(leaked)), ("test", test_notes)):
         for stem in sorted(set(wavs[group]) - annotated):
             problems.append(Problem("no_annotation", rel(wavs[group][stem]),
                                     "recording without an annotation", "skipped"))
@@ -316,6 +329,12 @@ def read_sprsound(root: str | os.PathLike,
                     problems.append(Problem(
                         "event_past_end", where, f"event starts at {start} s, the recording "
                         f"lasts {info.duration:.3f} s", "skipped"))
+                    continue
+                rate = FeatureConfig.sample_rate  # the recipe cuts [int(start·r), int(end·r))
+                if int(min(end, info.duration) * rate) - int(start * rate) < 1:
+                    problems.append(Problem(
+                        "event_too_short", where,
+                        f"event [{start}, {end}) s holds no sample at {rate} Hz", "skipped"))
                     continue
                 clamped += end > info.duration
                 label = EVENT_TO_CLASS[kind]

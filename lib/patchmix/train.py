@@ -58,7 +58,8 @@ from patchmix.atomic import (
 )
 from patchmix.augment import spec_augment
 from patchmix.config import ExperimentConfig, config_from_dict, result_config, to_dict
-from patchmix.datasets import CLASSES, Data
+from patchmix.datasets import CLASSES, Data, DataError
+from patchmix.integrity import check_consistent
 from patchmix.methods import Method, Net, get_method
 from patchmix.metrics import icbhi_scores
 from patchmix.model import AST, build_model
@@ -280,6 +281,17 @@ class Record:
         return out
 
 
+def check_splits(data: Data) -> None:
+    """Raise DataError unless `data` has cycles to learn from and to be scored on: a run
+    with an empty train or test split would train or score nothing and be cached as
+    finished, every score NaN."""
+    for split, rows in (("train", data.rows("train")), ("test", data.test_rows())):
+        if not len(rows):
+            raise DataError(f"{data.root}: no {split} cycle ({data.describe()}: "
+                            f"{len(data.cycles)} cycles, none in {split}); check its split "
+                            "file or the recordings' split")
+
+
 def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
         progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train (or resume, or repair) one run into `out_dir`; returns its summary (also
@@ -289,7 +301,8 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
     resume from; the returned dict then has ``"finished": False``. Under ``torchrun`` every
     rank calls this with the same arguments (`out_dir` on a file system they share, for
     resuming); every rank returns the summary, only rank 0 writes and shows progress. Raises
-    `patchmix.atomic.FolderBusy` when another process is writing into `out_dir`.
+    `patchmix.atomic.FolderBusy` when another process is writing into `out_dir`, and
+    DataError when the data has no train or no test cycle (`check_splits`).
     """
     out = Path(out_dir)
     job, device = distributed.init_from_env(resolve_device(cfg.train.device))
@@ -299,6 +312,7 @@ def fit(cfg: ExperimentConfig, data: Data, out_dir: str | os.PathLike, *,
 
 def _fit(cfg: ExperimentConfig, data: Data, out: Path, job: distributed.Dist,
          device: torch.device, progress: bool, stop_after_epoch: int | None) -> dict[str, Any]:
+    check_splits(data)
     writes = job.is_main
     if writes:  # what a killed run left half-written: this process holds the folder now
         clean_temporaries(out, all_of_them=True)
@@ -367,6 +381,10 @@ def finished(out_dir: str | os.PathLike, *, weights: bool = True) -> dict[str, A
     unfinished run, which `fit` resumes or repairs from ``last.pt``. ``weights=False`` does
     not ask for ``final.pt``: a shipped run (`patchmix.plan.export`) keeps its weights only
     where a notebook reads them.
+
+    A finished run whose summary disagrees with its predictions or its history (an edited
+    ``summary.json``, a deleted prediction file) is refused: RunIntegrityError
+    (`patchmix.integrity.check_consistent`), naming the run and the file.
     """
     out = Path(out_dir)
     try:
@@ -377,6 +395,7 @@ def finished(out_dir: str | os.PathLike, *, weights: bool = True) -> dict[str, A
             or not isinstance(summary.get("protocols"), dict)
             or (weights and not (out / "final.pt").is_file())):
         return None
+    check_consistent(out, summary)
     return summary
 
 
