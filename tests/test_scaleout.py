@@ -88,12 +88,12 @@ def test_a_local_pool_trains_into_the_run_cache_the_notebooks_read(synth_root, t
     first, second = (other / run_key(job.cfg, data) for job in plan)
     lines = (first / "metrics.jsonl").read_text().splitlines()
     epoch = json.loads(lines[-1])
-    epoch["test_score"] += 1.0
+    epoch["train_loss"] += 1e-6  # a number no summary reports (a Score would be refused)
     (first / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(epoch)]) + "\n")
     shutil.rmtree(second)
     rows = compare(plan, other, tmp_path / "runs", data)
     assert [r["status"] for r in rows] == ["differs", "missing"]
-    assert rows[0]["first_epoch"] == str(len(lines)) and rows[0]["last_score_diff"] == -1.0
+    assert rows[0]["first_epoch"] == str(len(lines)) and rows[0]["last_score_diff"] == 0.0
     capsys.readouterr()
     assert main(["plan", "--profile", "smoke", "--data", str(synth_root), "--notebooks",
                  "04_latent_umap", "--compare", str(other)]) == 1  # a difference: exit 1
@@ -163,7 +163,7 @@ def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
     them when the run cache lacks them (weights where a notebook opens them), never writing
     there, and `compare` checks a retraining against them."""
     from patchmix.experiment import load_trained, run, shipped_dir
-    from patchmix.integrity import PROVENANCE
+    from patchmix.integrity import PROVENANCE, RunIntegrityError
     from patchmix.latent import load_projector
     from patchmix.notebooks import where_from
     from patchmix.plan import SHIPPED_FILES, export
@@ -209,9 +209,15 @@ def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
     # the reproduction's check: the run cache that trained them against the shipped copy
     assert [r["status"] for r in compare(plan, tmp_path / "shipped", tmp_path / "runs",
                                          data)] == ["same", "same"]
-    preds = with_weights / "predictions-last.csv"
+    # one probability of the retrained run moved: its predictions still bear out its scores
+    preds = tmp_path / "runs" / keys[1] / "predictions-last.csv"
     preds.write_text(preds.read_text().replace("0.", "1.", 1))
     rows = compare(plan, tmp_path / "shipped", tmp_path / "runs", data)
-    assert [(r["status"], r["first_epoch"]) for r in rows] == [("same", ""),
-                                                                ("differs", "predictions")]
+    assert [(r["status"], r["first_epoch"]) for r in rows] == [
+        ("same", ""), ("differs", "predictions-last.csv")]
+    # the same edit to the shipped copy is a tampered shipped run: refused, naming the file
+    shipped_preds = with_weights / "predictions-last.csv"
+    shipped_preds.write_text(shipped_preds.read_text().replace("0.", "1.", 1))
+    with pytest.raises(RunIntegrityError, match="predictions-last.csv has changed"):
+        compare(plan, tmp_path / "shipped", tmp_path / "runs", data)
     capsys.readouterr()
