@@ -151,6 +151,13 @@ def cut(waveform: torch.Tensor, start_s: float, end_s: float, rate: int) -> torc
     return waveform[..., lo:hi]
 
 
+def cut_samples(start_s: float, end_s: float, duration_s: float,
+                rate: int = FeatureConfig.sample_rate) -> int:
+    """How many samples `cut` takes at `rate` for a span of a recording `duration_s` long (0:
+    the span holds no sample, and there is nothing to cut)."""
+    return int(min(end_s, duration_s) * rate) - int(start_s * rate)
+
+
 def fix_length(cycle: torch.Tensor, n_samples: int, pad: str = FeatureConfig.pad,
                fade_samples: int = 1_000) -> torch.Tensor:
     """A 1-D cycle brought to exactly `n_samples` (step 4 of docs/recipe.md#preprocessing).

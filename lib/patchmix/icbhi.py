@@ -47,7 +47,7 @@ from typing import Any
 
 import pandas as pd
 
-from patchmix.audio import wav_info
+from patchmix.audio import cut_samples, wav_info
 from patchmix.config import FeatureConfig
 from patchmix.datasets import (
     DataError,
@@ -314,11 +314,10 @@ def read_icbhi(root: str | os.PathLike,
                     f"cycle starts at {start} s, the recording lasts {info.duration:.3f} s",
                     "skipped"))
                 continue
-            rate = FeatureConfig.sample_rate  # the recipe cuts [int(start·r), int(end·r))
-            if int(min(end, info.duration) * rate) - int(start * rate) < 1:
+            if cut_samples(start, end, info.duration) < 1:
                 problems.append(Problem(
-                    "cycle_too_short", where,
-                    f"cycle [{start}, {end}) s holds no sample at {rate} Hz", "skipped"))
+                    "cycle_too_short", where, f"cycle [{start}, {end}) s holds no sample at "
+                    f"{FeatureConfig.sample_rate} Hz", "skipped"))
                 continue
             clamped += end > info.duration
             rows.append({

@@ -60,7 +60,7 @@ from typing import Any
 
 import pandas as pd
 
-from patchmix.audio import wav_info
+from patchmix.audio import cut_samples, wav_info
 from patchmix.config import FeatureConfig
 from patchmix.datasets import (
     DataError,
@@ -330,11 +330,10 @@ def read_sprsound(root: str | os.PathLike,
                         "event_past_end", where, f"event starts at {start} s, the recording "
                         f"lasts {info.duration:.3f} s", "skipped"))
                     continue
-                rate = FeatureConfig.sample_rate  # the recipe cuts [int(start·r), int(end·r))
-                if int(min(end, info.duration) * rate) - int(start * rate) < 1:
+                if cut_samples(start, end, info.duration) < 1:
                     problems.append(Problem(
-                        "event_too_short", where,
-                        f"event [{start}, {end}) s holds no sample at {rate} Hz", "skipped"))
+                        "event_too_short", where, f"event [{start}, {end}) s holds no sample "
+                        f"at {FeatureConfig.sample_rate} Hz", "skipped"))
                     continue
                 clamped += end > info.duration
                 label = EVENT_TO_CLASS[kind]
