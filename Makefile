@@ -84,7 +84,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The synthetic set is rebuilt only when it is missing (same seed → same bytes anyway).
-$(SYNTH_DIR)/synthetic.json: lib/patchmix/synth.py | $(STAMP)
+$(SYNTH_DIR)/synthetic.json: lib/patchmix/data/synth.py | $(STAMP)
 	$(BIN)/patchmix synth $(SYNTH_DIR) --recordings $(RECORDINGS) --seed $(SEED)
 
 data: setup $(if $(ICBHI_ROOT),,$(SYNTH_DIR)/synthetic.json)
@@ -105,7 +105,7 @@ train: data
 		$(if $(THREADS),--threads $(THREADS))
 
 notebooks: setup
-	$(BIN)/python -m patchmix.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
+	$(BIN)/python -m patchmix.companion.notebooks --profile $(PROFILE) --data '$(ICBHI_ROOT)' \
 		--weights '$(WEIGHTS)' $(if $(SEEDS),--seeds $(SEEDS)) --outputs '$(OUTPUTS)' \
 		--sprsound '$(SPRSOUND_ROOT)' $(if $(NOTEBOOK_THREADS),--threads $(NOTEBOOK_THREADS))
 

@@ -1,12 +1,13 @@
 """How long the `paper` route takes on a GPU, estimated from counted FLOPs (``make estimate``).
 
-Every run the notebooks plan for ``--profile paper`` (`patchmix.experiment.NOTEBOOK_RUNS`) is
-priced in model FLOPs with the benchmark's own counter (`bench.run.step_flops`, torch's
-FlopCounterMode on the meta device: nothing is computed): its training steps per epoch on the
-official ICBHI train split, plus one forward pass over the test split (and the validation split,
-if any) after every epoch. Dividing by a *sustained* FLOP/s gives hours. The sustained rate is an
-assumption, not a measurement: GPUs reach a fraction of their data-sheet peak (30–50 % is
-common for a ViT-base in bf16), so the result is an estimate until the route is timed.
+Every run the notebooks plan for ``--profile paper``
+(`patchmix.companion.notebook_runs.NOTEBOOK_RUNS`) is priced in model FLOPs with the benchmark's own
+counter (`bench.run.step_flops`, torch's FlopCounterMode on the meta device: nothing is computed):
+its training steps per epoch on the official ICBHI train split, plus one forward pass over the test
+split (and the validation split, if any) after every epoch. Dividing by a *sustained* FLOP/s gives
+hours. The sustained rate is an assumption, not a measurement: GPUs reach a fraction of their
+data-sheet peak (30–50 % is common for a ViT-base in bf16), so the result is an estimate until the
+route is timed.
 
     python bench/estimate.py [--seeds 5] [--ablation-seeds 1] [--tflops 100 200 400]
 """
@@ -23,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import experiment_config, step_flops  # noqa: E402 - the benchmark's own counter
 
+from patchmix.companion.notebook_runs import NOTEBOOK_RUNS, planned_runs  # noqa: E402
 from patchmix.config import profile  # noqa: E402
-from patchmix.experiment import NOTEBOOK_RUNS, planned_runs  # noqa: E402
-from patchmix.model import AST  # noqa: E402
+from patchmix.model.ast import AST  # noqa: E402
 
 # The official ICBHI 2017 split (docs/data.md): training and test cycles.
 ICBHI_TRAIN_CYCLES, ICBHI_TEST_CYCLES = 4142, 2756

@@ -110,10 +110,11 @@ def experiment_config(profile: str, method: str, precision: str = "fp32", batch:
 
 
 def random_data(n: int, seed: int = 0):
-    """`patchmix.datasets.Data` of n random training cycles (n, 798, 128), labels 0..3."""
+    """`patchmix.data.loading.Data` of n random training cycles (n, 798, 128), labels 0..3."""
     import pandas as pd
 
-    from patchmix.datasets import Data, DataSet
+    from patchmix.data.dataset import DataFolder, DataSet
+    from patchmix.data.loading import Data
 
     def unreadable(*args: Any) -> Any:
         raise NotImplementedError("random benchmark data has no folder")
@@ -122,7 +123,7 @@ def random_data(n: int, seed: int = 0):
     cycles = pd.DataFrame({"split": ["train"] * n, "label": np.arange(n) % 4})
     random = DataSet("random", "random features (benchmark)", unreadable,
                      detect=lambda path: False, synthetic=True)
-    return Data(cycles, features, "random", random)
+    return Data(cycles, features, DataFolder(Path("random"), random))
 
 
 def max_rss_mb() -> float:
@@ -156,7 +157,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import variants
 
     from patchmix.config import with_overrides
-    from patchmix.train import Run, _float_state
+    from patchmix.engine.train import Run, _float_state
 
     b = spec["batch"]
     cfg = experiment_config(spec["profile"], spec["method"], spec["precision"], b)
@@ -186,8 +187,8 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def eval_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Samples/s of `predict_proba` under inference_mode (as the library runs it) and no_grad."""
-    from patchmix.model import build_model
-    from patchmix.train import predict_proba
+    from patchmix.engine.train import predict_proba
+    from patchmix.model.backbone import build_model
 
     cfg = experiment_config(spec["profile"], measured_methods()[0])
     torch.manual_seed(0)
@@ -247,15 +248,15 @@ def step_flops(profile: str, method: str, batch: int) -> float:
     backward nor that of ``model.activations="lean"`` (the blocks are counted as ``"store"``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from patchmix.methods import Net, get_method
-    from patchmix.model import AST
-    from patchmix.train import Objective
+    from patchmix.engine.train import Objective
+    from patchmix.methods import METHODS, Net
+    from patchmix.model.ast import AST
 
     cfg = experiment_config(profile, method)  # model FLOPs: no recomputation of any kind
     cfg = replace(cfg, model=replace(cfg.model, activations="store"))
     labels = np.arange(batch) % cfg.model.n_classes
     # built on the CPU, then moved: a method may compute a constant from the labels (weights)
-    own = get_method(method)(cfg, labels).to("meta")
+    own = METHODS.get(method)(cfg, labels).to("meta")
     with torch.device("meta"):
         model = AST(cfg.model)
         objective = Objective(model, own, Net(model))
@@ -296,7 +297,7 @@ def verify_fused_attention(profile: str, precision: str) -> dict[str, Any]:
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from patchmix.model import build_model
+    from patchmix.model.backbone import build_model
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -328,10 +329,10 @@ def verify_fused_attention(profile: str, precision: str) -> dict[str, Any]:
 def feature_throughput(root: Path, cache: str) -> dict[str, Any]:
     """Cycles/s of `cycle_features` with an empty cache (cold: audio → fbank → memmap) and a
     filled one (warm: find the file and read every feature), plus the cost of one batch read."""
-    from patchmix.datasets import read_cycles
-    from patchmix.features import cycle_features
+    from patchmix.data.dataset import recognise
+    from patchmix.data.features import cycle_features
 
-    cycles = read_cycles(root)[1].reset_index(drop=True)
+    cycles = recognise(root).read().reset_index(drop=True)
     n = len(cycles)
     start = time.perf_counter()
     cycle_features(cycles, cache_dir=cache, progress=False)
@@ -355,14 +356,15 @@ def feature_throughput(root: Path, cache: str) -> dict[str, Any]:
 def loss_curve(root: Path, cache: str, steps: int) -> dict[str, Any]:
     """The demo model's training loss over `steps` steps in fp32 and in bf16 autocast, from the
     same seed, on the same batches and augmentation draws (ICBHI-mini features when present)."""
-    from patchmix.datasets import Data, read_cycles
-    from patchmix.features import cycle_features
-    from patchmix.train import Run, _float_state
+    from patchmix.data.dataset import recognise
+    from patchmix.data.features import cycle_features
+    from patchmix.data.loading import Data
+    from patchmix.engine.train import Run, _float_state
 
-    dataset, cycles = read_cycles(root)
-    cycles = cycles.reset_index(drop=True)
+    folder = recognise(root)
+    cycles = folder.read().reset_index(drop=True)
     features = np.array(cycle_features(cycles, cache_dir=cache, progress=False))  # warm
-    data = Data(cycles, features, str(root), dataset)
+    data = Data(cycles, features, folder)
     method = measured_methods()[1]
     curves = {}
     for precision in ("fp32", "bf16"):
@@ -385,7 +387,9 @@ def loss_curve(root: Path, cache: str, steps: int) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    from patchmix.plan import machine  # the CPU and library versions, as shipped runs record
+    from patchmix.companion.plan import (
+        machine,  # the CPU and library versions, as shipped runs record
+    )
 
     known = machine()
     return {**{k: known[k] for k in ("torch", "python", "numpy", "platform")}, "device": "cpu",
@@ -424,7 +428,7 @@ def bench(quick: bool, out_dir: Path, data_arg: str | None, budget_s: float,
 
     root = data_root(data_arg)
     if root is None:
-        from patchmix.synth import make_synthetic_icbhi
+        from patchmix.data.synth import make_synthetic_icbhi
 
         synth = Path(tempfile.mkdtemp(prefix="bench-synth-"))
         make_synthetic_icbhi(synth, 10, seed=0, progress=False)

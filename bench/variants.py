@@ -1,6 +1,6 @@
 """The training-step variants the fast path is measured against (benchmark only).
 
-A variant is a registered set of switches on the library's own `patchmix.train.Run`: none of
+A variant is a registered set of switches on the library's own `patchmix.engine.train.Run`: none of
 them re-implements a method's loss, so every variant computes what `patchmix.methods` computes
 today, draws the same random numbers in the same order, and gives the same loss up to rounding.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from patchmix.train import Run
+from patchmix.engine.train import Run
 
 
 @dataclass(frozen=True)

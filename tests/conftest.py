@@ -107,7 +107,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    from patchmix.synth import make_synthetic_icbhi
+    from patchmix.data.synth import make_synthetic_icbhi
 
     root = tmp_path_factory.mktemp("synth")
     make_synthetic_icbhi(root, 24, seed=5, progress=False)
@@ -119,7 +119,7 @@ def smoke_data(synth_root, tmp_path_factory, monkeypatch_module):
     """The smoke profile on a 24-recording synthetic set, and that data with its features
     (in a feature cache of this test module's own)."""
     from patchmix.config import profile, with_overrides
-    from patchmix.datasets import load_data
+    from patchmix.data.loading import load_data
 
     monkeypatch_module.setenv("PATCHMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
     cfg = with_overrides(profile("smoke"), [f"data.root={synth_root}"])
@@ -127,11 +127,12 @@ def smoke_data(synth_root, tmp_path_factory, monkeypatch_module):
 
 
 def random_data(n: int = 8, seed: int = 0):
-    """`patchmix.datasets.Data` of n random training cycles (n, 798, 128), labels 0..3."""
+    """`patchmix.data.loading.Data` of n random training cycles (n, 798, 128), labels 0..3."""
     import pandas as pd
 
-    from patchmix.datasets import Data, get_dataset
+    from patchmix.data.dataset import DATASETS, DataFolder
+    from patchmix.data.loading import Data
 
     features = np.random.default_rng(seed).standard_normal((n, 798, 128), dtype=np.float32)
     cycles = pd.DataFrame({"split": ["train"] * n, "label": np.arange(n) % 4})
-    return Data(cycles, features, "random", get_dataset("synthetic"))
+    return Data(cycles, features, DataFolder(Path("random"), DATASETS.get("synthetic")))

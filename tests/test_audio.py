@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 import torchaudio.transforms as T
 
-from patchmix.audio import cut, fix_length, linear_fade, load_wav, recording_cycles
 from patchmix.config import FeatureConfig
-from patchmix.icbhi import read_icbhi
+from patchmix.data.audio import cut, fix_length, linear_fade, load_wav, recording_cycles
+from patchmix.data.icbhi import read_icbhi
 
 
 def reference_cycles(path, starts, ends, pad: str = "repeat") -> torch.Tensor:

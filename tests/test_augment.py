@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchmix.augment import (
+from patchmix.model.augment import (
     apply_spec_augment,
     class_weights,
     cutmix,

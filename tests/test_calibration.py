@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchmix import calibration as C
-from patchmix.datasets import CLASSES, read_cycles
-from patchmix.explore import CRACKLE_THRESHOLD_DB, WHEEZE_PROMINENCE_DB
-from patchmix.synth import make_synthetic_icbhi
+from patchmix.companion import calibration as C
+from patchmix.companion.explore import CRACKLE_THRESHOLD_DB, WHEEZE_PROMINENCE_DB
+from patchmix.data.dataset import CLASSES, recognise
+from patchmix.data.synth import make_synthetic_icbhi
 
 RATE = 16_000
 
@@ -31,7 +31,7 @@ def shaped_noise(seconds: float, gain, seed: int = 0) -> np.ndarray:
 def measured(tmp_path_factory) -> tuple[pd.DataFrame, C.Measured]:
     root = tmp_path_factory.mktemp("calibration") / "s"
     make_synthetic_icbhi(root, n_recordings=4, seed=0)
-    _, cycles = read_cycles(root)
+    cycles = recognise(root).read()
     return cycles, C.measure_cycles(cycles, "tiny synthetic")
 
 

@@ -54,7 +54,7 @@ def test_data_check_json_reports_the_readme_counts(icbhi_mini, capsys):
 
 
 def test_reader_matches_the_readme_per_recording(icbhi_mini):
-    from patchmix.icbhi import read_icbhi
+    from patchmix.data.icbhi import read_icbhi
 
     df = read_icbhi(icbhi_mini)
     assert sorted(df.recording.unique()) == sorted(MINI_RECORDINGS)
@@ -143,7 +143,7 @@ def test_synth_then_check_reads_the_synthetic_set_unchanged(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_smoke_run(tmp_path_factory):
     """A 2-epoch smoke run on a small synthetic set, trained through the command line."""
-    from patchmix.synth import make_synthetic_icbhi
+    from patchmix.data.synth import make_synthetic_icbhi
 
     base = tmp_path_factory.mktemp("roundtrip")
     make_synthetic_icbhi(base / "data", 24, seed=5)
@@ -209,9 +209,10 @@ def test_train_evaluate_predict_bad_input(trained_smoke_run, tmp_path, capsys, a
 
 def test_a_long_problem_list_shows_the_first_of_each_kind(make_data):
     from patchmix.cli import format_report
-    from patchmix.datasets import read_cycles
+    from patchmix.data.dataset import recognise
 
-    dataset, cycles = read_cycles(make_data({"101_1b1_Al_sc_Meditron": "test"}))
+    folder = recognise(make_data({"101_1b1_Al_sc_Meditron": "test"}))
+    dataset, cycles = folder.dataset, folder.read()
     report = dataset.summarize(cycles)
     report["problems"] = [{"kind": "poor_quality", "file": f"r{i}.json", "detail": "Poor Quality",
                            "action": "skipped"} for i in range(25)] + [

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchmix.experiment import aggregate, bootstrap_intervals
-from patchmix.methods import get_method
-from patchmix.plots import learning_curves
-from patchmix.report import paper_comparison, readme_table, roles, verdict, with_sd
+from patchmix.companion.plots import learning_curves
+from patchmix.companion.report import paper_comparison, readme_table, roles, verdict, with_sd
+from patchmix.engine.experiment import aggregate, bootstrap_intervals
+from patchmix.methods import METHODS
 
 
 def _per_seed(scores: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
@@ -47,7 +47,7 @@ def test_the_table_pairs_the_papers_rows_and_carries_intervals():
     paper = table[table["source"] == "paper"]
     assert list(paper["compared_as"][:2]) == ["the paper's baseline", "the paper's method"]
     ours = table[(table["source"] == "this run") & (table["protocol"] == "last")]
-    cl = ours[ours["method"] == get_method("patchmix_cl").label].iloc[0]
+    cl = ours[ours["method"] == METHODS.get("patchmix_cl").label].iloc[0]
     assert (cl["score_lo"], cl["score_hi"]) == (58.5, 64.5)
     shown = with_sd(table)
     assert shown.loc[cl.name, "score"] == "61.50 ± 0.71 [58.5, 64.5]"
@@ -83,12 +83,12 @@ def test_loss_panels_put_one_objective_on_an_axis():
     epochs = np.arange(1, 4)
     frames = []
     for name in ("ce", "weighted_ce", "mixup", "patchmix_cl"):
-        terms = get_method(name).terms
+        terms = METHODS.get(name).terms
         frames.append(pd.DataFrame({"method": name, "seed": 1, "epoch": epochs,
                                     "train_loss": 9.0, "test_score": 55.0,
                                     **{f"loss_{t}": float(i + 1) for i, t in enumerate(terms)}}))
     history = pd.concat(frames, ignore_index=True)
-    fig = learning_curves(history, terms={n: get_method(n).terms for n in history["method"]})
+    fig = learning_curves(history, terms={n: METHODS.get(n).terms for n in history["method"]})
     panels = {ax.get_title(): [line.get_label() for line in ax.get_lines() if
                                not line.get_label().startswith("_")]
               for ax in fig.axes if ax.get_visible() and ax.get_title()}

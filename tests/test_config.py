@@ -6,22 +6,21 @@ import inspect
 
 import pytest
 
-from patchmix import augment, latent, losses, patchmix
+from patchmix.companion import latent
+from patchmix.companion.knobs import KNOBS, knob_label, notebook_config
 from patchmix.config import (
     GATES,
-    KNOBS,
     MIX_MODES,
     NEGATIVES,
     TARGET_TYPES,
     MethodConfig,
     config_hash,
     get_value,
-    knob_label,
-    notebook_config,
     profile,
     with_overrides,
     with_values,
 )
+from patchmix.model import augment, losses, patchmix
 
 
 def test_typed_values_equal_the_parsed_text_and_are_type_checked():
@@ -45,10 +44,23 @@ def test_typed_values_equal_the_parsed_text_and_are_type_checked():
     ("train.precision", "fp16"), ("train.device", "tpu"), ("method.mix_mode", "columns"),
     ("method.target_type", "projected"), ("method.negatives", "some"),
     ("method.specaug_gate", "never"), ("model.pos_embed", "deit"), ("model.weights", "hub"),
-    ("model.activations", "all"), ("data.features.pad", "mirror"), ("model.backbone", "resnet")])
+    ("model.activations", "all"), ("data.features.pad", "mirror")])
 def test_every_option_list_is_checked(key, value):
     with pytest.raises(ValueError, match=f"bad override \\({key}\\)"):
         with_values(profile("smoke"), {key: value})
+
+
+@pytest.mark.parametrize("key, kind", [("method.name", "method"), ("model.backbone", "backbone")])
+def test_registered_names_are_checked_where_they_are_resolved(key, kind):
+    # config is a leaf: it holds a name as text, and training resolves it before any feature
+    from patchmix.engine.train import check_names
+
+    cfg = with_values(profile("smoke"), {key: "resnet"})
+    assert get_value(cfg, key) == "resnet"
+    with pytest.raises(ValueError, match=f"unknown {kind} 'resnet'; choose from"):
+        check_names(cfg)
+    with pytest.raises(ValueError, match="must be a non-empty string"):
+        with_values(profile("smoke"), {key: ""})
 
 
 def test_notebook_knobs_keep_the_profile_unless_set():
@@ -82,7 +94,7 @@ def test_the_library_takes_its_defaults_and_options_from_the_config():
 
 
 def test_notebook_setup_refuses_a_seed_count_below_one():
-    from patchmix.notebooks import setup
+    from patchmix.companion.notebooks import setup
 
     with pytest.raises(ValueError, match="SEEDS and ABLATION_SEEDS must be at least 1"):
         setup("02_baselines", seeds=0)  # refused before anything is read or moved

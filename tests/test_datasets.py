@@ -11,20 +11,19 @@ import pytest
 import soundfile as sf
 from conftest import write_wav
 
-from patchmix import experiment
 from patchmix.cli import main
 from patchmix.config import DataConfig, profile, with_values
-from patchmix.datasets import (
+from patchmix.data.dataset import (
     CYCLE_COLUMNS,
-    DataError,
+    DATASETS,
     DataSet,
-    find_dataset,
-    load_data,
-    read_cycles,
+    find_folder,
+    recognise,
     register_dataset,
-    resolve_root,
-    unregister_dataset,
 )
+from patchmix.data.errors import DataError
+from patchmix.data.loading import load_data
+from patchmix.engine import experiment
 
 # --- a data set from outside the library (the example of docs/adding-a-dataset.md) ----------
 
@@ -55,13 +54,13 @@ def wav_folder(tmp_path):
                      "train", "crackle": i % 2, "wheeze": (i // 2) % 2})
     pd.DataFrame(rows).to_csv(tmp_path / "cycles.csv", index=False)
     yield tmp_path
-    unregister_dataset("wav_folder")
+    DATASETS.remove("wav_folder")
 
 
 def test_a_data_set_registered_from_a_test_file_is_read_and_trained_on(
         wav_folder, tmp_path_factory, monkeypatch, capsys):
     monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    assert find_dataset(wav_folder) is WAV_FOLDER
+    assert recognise(wav_folder).dataset is WAV_FOLDER
     data = load_data(DataConfig(root=str(wav_folder), val_fraction=0.25), progress=False)
     assert data.dataset is WAV_FOLDER and not data.synthetic
     assert data.features.shape == (24, 798, 128) and np.isfinite(data.features).all()
@@ -83,17 +82,23 @@ def test_a_data_set_registered_from_a_test_file_is_read_and_trained_on(
     assert report["cycles"]["train"]["both"] + report["cycles"]["test"]["both"] == 6
 
 
-def test_built_in_data_sets_are_found_by_their_folder(tmp_path, make_data):
-    from patchmix.synth import make_synthetic_icbhi
+def test_built_in_data_sets_are_found_by_their_folder(tmp_path, make_data, monkeypatch):
+    from patchmix.data.synth import make_synthetic_icbhi
 
     synthetic = make_synthetic_icbhi(tmp_path / "s", 4, seed=1, progress=False).root
-    assert find_dataset(synthetic).name == "synthetic"
-    assert find_dataset(Path(synthetic) / "ICBHI_final_database").name == "synthetic"
+    assert recognise(synthetic).dataset.name == "synthetic"
+    assert recognise(Path(synthetic) / "ICBHI_final_database").dataset.name == "synthetic"
     real = make_data({"101_1b1_Al_sc_Meditron": "train"})
-    assert find_dataset(real).name == "icbhi"
+    assert recognise(real).dataset.name == "icbhi"
     with pytest.raises(DataError, match="no such data folder"):
-        find_dataset(tmp_path / "missing")
-    assert resolve_root(DataConfig(root="somewhere")) == "somewhere"
+        recognise(tmp_path / "missing")
+    assert find_folder(real).path == Path(real)  # a named folder is that folder
+    monkeypatch.setenv("ICBHI_ROOT", str(real))  # no folder named: $ICBHI_ROOT's
+    assert find_folder("") == recognise(real)
+    monkeypatch.delenv("ICBHI_ROOT")  # neither: the synthetic set make reproduce builds
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="data/synthetic: no such data folder"):
+        find_folder("")
 
 
 def test_a_reader_must_give_the_shared_columns(tmp_path):
@@ -102,11 +107,11 @@ def test_a_reader_must_give_the_shared_columns(tmp_path):
     register_dataset(lacking)
     try:
         with pytest.raises(ValueError, match=r"lacks columns \['label'\]"):
-            read_cycles(tmp_path)
+            recognise(tmp_path).read()
         with pytest.raises(ValueError, match="already registered"):
             register_dataset(lacking)
     finally:
-        unregister_dataset("lacking")
+        DATASETS.remove("lacking")
 
 
 def test_the_data_identity_covers_labels_and_split(smoke_data):
@@ -117,7 +122,7 @@ def test_the_data_identity_covers_labels_and_split(smoke_data):
     resplit = data.cycles.copy()
     resplit.loc[resplit["split"] == "test", "split"] = "train"
     for cycles in (relabelled, resplit):
-        other = type(data)(cycles, data.features, data.root, data.dataset)
+        other = type(data)(cycles, data.features, data.folder)
         assert experiment.run_key(cfg, other) != key
-    assert experiment.run_key(cfg, type(data)(data.cycles.copy(), data.features, data.root,
-                                              data.dataset)) == key
+    same = type(data)(data.cycles.copy(), data.features, data.folder)
+    assert experiment.run_key(cfg, same) == key

@@ -1,6 +1,6 @@
 """Data-parallel training: 2 CPU processes (torchrun, gloo) give the metrics of 1 process.
 
-The split of a step (`patchmix.distributed`) makes the 2-process loss, gradient and evaluation
+The split of a step (`patchmix.model.distributed`) makes the 2-process loss, gradient and evaluation
 those of one process up to floating-point summation order (gradients are summed over two
 half-batches instead of one batch; torchrun's workers also run 1 intra-op thread each). So the
 per-epoch losses are compared to a relative 1e-4 — a wrong split (the contrastive softmax or
@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 import torch
 
-from patchmix import distributed
 from patchmix.config import profile, with_overrides
-from patchmix.datasets import load_data
-from patchmix.synth import make_synthetic_icbhi
-from patchmix.train import fit
+from patchmix.data.loading import load_data
+from patchmix.data.synth import make_synthetic_icbhi
+from patchmix.engine.train import fit
+from patchmix.model import distributed
 
 
 @pytest.fixture(scope="module")

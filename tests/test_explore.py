@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from patchmix import explore
-from patchmix.audio import recording_cycles
-from patchmix.datasets import CLASSES
-from patchmix.icbhi import read_icbhi, summarize
-from patchmix.synth import make_synthetic_icbhi
+from patchmix.companion import explore
+from patchmix.data.audio import recording_cycles
+from patchmix.data.dataset import CLASSES
+from patchmix.data.icbhi import read_icbhi, summarize
+from patchmix.data.synth import make_synthetic_icbhi
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from conftest import write_wav
 
-from patchmix import atomic, experiment, features, train
+from patchmix import atomic
 from patchmix.atomic import FolderBusy, exclusive
 from patchmix.cli import main
 from patchmix.config import profile, with_overrides, with_values
-from patchmix.datasets import DataError, load_data
-from patchmix.methods import Method, register_method, unregister_method
+from patchmix.data import features
+from patchmix.data.errors import DataError
+from patchmix.data.loading import load_data
+from patchmix.engine import experiment, train
+from patchmix.methods import METHODS, Method, register_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +72,7 @@ def test_a_changed_label_or_split_is_a_new_run(smoke_data, tmp_path):
     assert experiment.run(cfg, data=data, root=tmp_path, progress=False)["cached"] is True
     relabelled = data.cycles.copy()
     relabelled.loc[relabelled["split"] == "test", "label"] = 0
-    other = type(data)(relabelled, data.features, data.root, data.dataset)
+    other = type(data)(relabelled, data.features, data.folder)
     again = experiment.run(cfg, data=other, root=tmp_path, progress=False)
     assert again["cached"] is False and again["run_dir"] != experiment.run(
         cfg, data=data, root=tmp_path, progress=False)["run_dir"]
@@ -209,7 +212,7 @@ def test_a_run_whose_loss_is_not_finite_stops_and_is_never_cached(smoke_data, tm
         with pytest.raises(ValueError, match="epoch 1: the training loss is nan, not a finite"):
             experiment.run(cfg, data=data, root=tmp_path, progress=False)
     finally:
-        unregister_method("diverges")
+        METHODS.remove("diverges")
     run_dir = next(tmp_path.iterdir())
     assert not (run_dir / "summary.json").exists() and not (run_dir / "last.pt").exists()
 
@@ -387,7 +390,7 @@ def test_the_feature_cache_is_reserved_on_disk_before_it_is_filled(smoke_data, t
 
 
 def test_the_notebook_runner_refuses_bad_seeds_and_unwritable_folders(monkeypatch, capsys):
-    from patchmix import notebooks
+    from patchmix.companion import notebooks
 
     with pytest.raises(SystemExit) as exit_:
         notebooks.main(["--seeds", "-1"])
@@ -486,7 +489,7 @@ def test_several_processes_are_a_different_run(smoke_data):
 
 
 def test_two_synth_runs_into_one_folder_cannot_mix(tmp_path, capsys):
-    from patchmix.synth import make_synthetic_icbhi
+    from patchmix.data.synth import make_synthetic_icbhi
 
     out = tmp_path / "synth"
     with exclusive(out, "a test"):

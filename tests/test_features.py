@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-import patchmix.audio
-import patchmix.features as features
-from patchmix.audio import recording_cycles
+import patchmix.data.audio
+import patchmix.data.features as features
 from patchmix.config import FeatureConfig
-from patchmix.features import cache_key, cycle_features, fbank
-from patchmix.icbhi import read_icbhi
+from patchmix.data.audio import recording_cycles
+from patchmix.data.features import cache_key, cycle_features, fbank
+from patchmix.data.icbhi import read_icbhi
 
 
 def direct_fbank(w: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_cache_cold_then_warm_without_touching_audio(mini_cycles, tmp_path, monk
     def no_audio(*args, **kwargs):
         raise AssertionError("a warm cache must not read audio")
 
-    monkeypatch.setattr(patchmix.audio, "load_wav", no_audio)
+    monkeypatch.setattr(patchmix.data.audio, "load_wav", no_audio)
     monkeypatch.setattr(features, "recording_cycles", no_audio)
     warm = cycle_features(df, cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(np.asarray(warm), np.asarray(cold))

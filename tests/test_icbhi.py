@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchmix.datasets import DataError, patient_folds, validation_split
-from patchmix.icbhi import CYCLE_COLUMNS, read_icbhi, summarize
+from patchmix.data.dataset import patient_folds, validation_split
+from patchmix.data.errors import DataError
+from patchmix.data.icbhi import CYCLE_COLUMNS, read_icbhi, summarize
 
 TWO = {"101_1b1_Al_sc_Meditron": "test", "103_2b2_Ar_mc_LittC2SE": "train"}
 

@@ -1,4 +1,4 @@
-"""Runs whose files disagree are refused, never read into a table (`patchmix.integrity`): a
+"""Runs whose files disagree are refused, never read into a table (`patchmix.engine.integrity`): a
 shipped run changed in any byte, a cached run whose summary its predictions or history do not
 bear out, and `plan --compare` over every file a run ships."""
 
@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from patchmix.atomic import LOCK_NAME
 from patchmix.cli import main
-from patchmix.datasets import load_data
-from patchmix.experiment import run, run_key
-from patchmix.integrity import FILES, PROVENANCE, RunIntegrityError, verify_shipped
-from patchmix.plan import compare, jobs
-from patchmix.train import finished, fit
+from patchmix.companion.plan import compare, jobs
+from patchmix.data.dataset import recognise
+from patchmix.data.loading import load_data
+from patchmix.engine.experiment import run, run_key
+from patchmix.engine.integrity import FILES, PROVENANCE, RunIntegrityError, verify_shipped
+from patchmix.engine.train import finished, fit
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def shipped(synth_root, tmp_path_factory, monkeypatch_module):
     trained into a run cache and exported as ``make ship`` does."""
     base = tmp_path_factory.mktemp("integrity")
     monkeypatch_module.setenv("PATCHMIX_CACHE", str(base / "cache"))
-    plan = jobs("smoke", data_root=str(synth_root), seeds=1, notebooks=["04_latent_umap"])
+    plan = jobs("smoke", folder=recognise(synth_root), seeds=1, notebooks=["04_latent_umap"])
     data = load_data(plan[0].cfg.data, progress=False)
     for job in plan:
         fit(job.cfg, data, base / "runs" / run_key(job.cfg, data), progress=False)
@@ -155,3 +157,18 @@ def test_compare_looks_at_every_file_a_run_ships(shipped):
         (config / key / "config.json").read_text().replace("{", "{\n", 1))
     row = next(r for r in compare(plan, weights, config, data) if r["run"] == key)
     assert row["status"] == "differs" and row["first_epoch"] == "config.json"
+
+
+def test_two_run_caches_of_the_same_runs_compare_the_same(shipped):
+    """Two run caches hold the same runs to the last bit although each folder's lock names
+    another writer (its process id): the lock is not a file of the run."""
+    plan, data, base, _ = shipped
+    key = run_key(plan[0].cfg, data)
+    other = _copy(base, "runs", "cache_relocked")
+    for run_dir in (base / "runs" / key, other / key):
+        assert (run_dir / LOCK_NAME).is_file()  # fit leaves its lock behind
+    (other / key / LOCK_NAME).write_text("999999")
+    assert {r["status"] for r in compare(plan, base / "runs", other, data)} == {"same"}
+    _flip_a_byte(other / key / "last.pt")  # what does differ still counts
+    row = next(r for r in compare(plan, base / "runs", other, data) if r["run"] == key)
+    assert (row["status"], row["first_epoch"]) == ("differs", "last.pt")

@@ -11,9 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from patchmix.config import ModelConfig, with_overrides
-from patchmix.experiment import load_trained
-from patchmix.latent import (
+from patchmix.companion.latent import (
     Encoded,
     contrasted,
     lambda_correlation,
@@ -25,10 +23,12 @@ from patchmix.latent import (
     pick_joined,
     umap_figure,
 )
-from patchmix.losses import Projector
-from patchmix.model import AST
-from patchmix.saliency import attention_rollout, first_agreed, rollout_figure
-from patchmix.train import fit
+from patchmix.companion.saliency import attention_rollout, first_agreed, rollout_figure
+from patchmix.config import ModelConfig, with_overrides
+from patchmix.engine.experiment import load_trained
+from patchmix.engine.train import fit
+from patchmix.model.ast import AST
+from patchmix.model.losses import Projector
 
 
 def _mixed(lam: np.ndarray, partner: np.ndarray, dim: int = 6) -> Encoded:

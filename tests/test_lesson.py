@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from patchmix.companion.lesson import example_rows, loss_anatomy, mix_figure, mix_two_cycles
 from patchmix.config import MethodConfig, ModelConfig
-from patchmix.lesson import example_rows, loss_anatomy, mix_figure, mix_two_cycles
-from patchmix.losses import Projector, patchmix_contrastive_loss
-from patchmix.model import build_model
+from patchmix.model.backbone import build_model
+from patchmix.model.losses import Projector, patchmix_contrastive_loss
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def _fbanks(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +77,7 @@ def test_the_anatomy_is_the_training_loss_row_by_row():
     with torch.inference_mode():
         tokens = model.embed(torch.from_numpy(x))
         clean = model.forward_head(model.encode(tokens), pre_logits=True)
-        from patchmix.patchmix import patch_mix
+        from patchmix.model.patchmix import patch_mix
         mix = patch_mix(tokens, 0.6, torch.Generator().manual_seed(4), "random", model.grid)
         mixed = model.forward_head(model.encode(mix.tokens), pre_logits=True)
         loss = patchmix_contrastive_loss(projector(mixed), clean, mix.index, mix.lam, 0.1)
@@ -80,3 +85,42 @@ def test_the_anatomy_is_the_training_loss_row_by_row():
     np.testing.assert_array_equal(an.index, mix.index.numpy())
     # λ = 1: every target row is one-hot, the floor is 0
     assert np.allclose(loss_anatomy(model, projector, x, y, 1.0, 0.1).floor, 0.0)
+
+
+def _tagged_cell(notebook: str, tag: str) -> str:
+    cells = json.loads((NOTEBOOKS / notebook).read_text(encoding="utf-8"))["cells"]
+    found = [c for c in cells if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(found) == 1, f"{notebook} should hold one cell tagged {tag!r}"
+    return "".join(found[0]["source"])
+
+
+def test_notebook_03s_plain_torch_step_gives_the_librarys_loss(capsys):
+    """The cell tagged ``plain-torch-step`` spells the Patch-Mix CL step out in torch; on a
+    model, projector and batch it must give what training computes (`mixed_pair`,
+    `contrastive_terms`), S and M included, to float precision."""
+    from patchmix.companion import lesson
+    from patchmix.methods.base import Net
+    from patchmix.methods.patchmix_cl import contrastive_terms, mixed_pair
+
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(embed_dim=32, depth=2, num_heads=2, stride=32))
+    projector = Projector(32)
+    with torch.no_grad():  # BatchNorm running statistics away from the identity
+        projector(torch.randn(64, 32) * 3 + 1)
+    x = np.random.default_rng(5).standard_normal((6, 798, 128), dtype=np.float32)
+    y = np.array([0, 1, 2, 3, 1, 0])
+    cell = {"model": model, "projector": projector, "x": x, "y": y, "tau": 0.06,
+            "LESSON_LAMBDA": 0.7, "lesson": lesson}
+    exec(compile(_tagged_cell("03_patchmix_ablations.ipynb", "plain-torch-step"),
+                 "plain-torch-step", "exec"), cell)
+    with torch.no_grad():
+        pair = mixed_pair(Net(model), torch.from_numpy(x), 0.7, torch.Generator().manual_seed(0),
+                          "random")
+        rows = contrastive_terms(pair, projector, torch.from_numpy(y), MethodConfig(), 0.06)
+    np.testing.assert_array_equal(cell["mix"].index.numpy(), pair.mix.index.numpy())
+    torch.testing.assert_close(cell["S"], rows.sim, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cell["M"], rows.soft)
+    torch.testing.assert_close(cell["per_row"], rows.per_row, rtol=1e-5, atol=1e-6)
+    assert float(cell["L_CL"]) == pytest.approx(float(rows.per_row.mean()), rel=1e-6)
+    assert cell["L_CL"] > 0.5  # a real loss, not a degenerate zero
+    assert "in plain torch" in capsys.readouterr().out  # the cell prints both values

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from patchmix.config import MethodConfig
-from patchmix.losses import (
+from patchmix.model.losses import (
     Projector,
     contrastive_target,
     patchmix_ce,

@@ -11,20 +11,19 @@ import torch
 import torch.nn.functional as F
 from conftest import random_data
 
-from patchmix import experiment
 from patchmix.cli import main
+from patchmix.companion import notebook_runs
 from patchmix.config import profile, with_values
+from patchmix.engine import experiment
+from patchmix.engine.train import Run, check_names
 from patchmix.methods import (
+    METHODS,
     Method,
     Net,
     baseline_methods,
-    get_method,
-    method_names,
     method_with_role,
     register_method,
-    unregister_method,
 )
-from patchmix.train import Run
 
 # --- a method from outside the library (the example of docs/adding-a-method.md) -------------
 
@@ -42,7 +41,7 @@ def label_smoothing():
     register_method("label_smoothing", label="CE, label smoothing 0.1", baseline=True)(
         LabelSmoothing)
     yield LabelSmoothing
-    unregister_method("label_smoothing")
+    METHODS.remove("label_smoothing")
 
 
 def test_a_method_registered_from_a_test_file_trains_through_the_run_cache(
@@ -57,9 +56,10 @@ def test_a_method_registered_from_a_test_file_trains_through_the_run_cache(
     plain = experiment.run(with_values(cfg, {"method.name": "ce"}), data=data, root=tmp_path,
                            progress=False)
     assert experiment.history(plain["run_dir"])["train_loss"][0] != history["train_loss"][0]
-    # everything that lists methods sees it: validation, the command line, the baselines
-    assert "label_smoothing" in method_names() and label_smoothing in baseline_methods()
-    assert [p.name for p in experiment.baselines(cfg)][-1] == "label_smoothing"
+    # everything that lists methods sees it: the name check, the command line, the baselines
+    assert "label_smoothing" in METHODS.names() and label_smoothing in baseline_methods()
+    check_names(cfg)
+    assert [p.name for p in notebook_runs.baselines(cfg)][-1] == "label_smoothing"
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "label_smoothing" in capsys.readouterr().out
@@ -70,13 +70,14 @@ def test_the_registry_refuses_duplicates_unknown_names_and_a_second_owner_of_a_r
         register_method("ce", label="again")(LabelSmoothing)
     with pytest.raises(ValueError, match="role 'proposed' already belongs to method"):
         register_method("another_cl", label="x", role="proposed")(LabelSmoothing)
-    assert "another_cl" not in method_names()
+    assert "another_cl" not in METHODS.names()
     with pytest.raises(TypeError, match="not a subclass"):
         register_method("plain", label="x")(object)
     with pytest.raises(ValueError, match="unknown method 'svm'"):
-        get_method("svm")
-    with pytest.raises(ValueError, match=r"bad override \(method.name\): unknown method 'svm'"):
-        with_values(profile("smoke"), {"method.name": "svm"})
+        METHODS.get("svm")
+    unknown = with_values(profile("smoke"), {"method.name": "svm"})  # a name, checked when used
+    with pytest.raises(ValueError, match="unknown method 'svm'; choose from ce, weighted_ce"):
+        check_names(unknown)
     assert method_with_role("reference").name == "ce"
     assert method_with_role("proposed").name == "patchmix_cl"
 
@@ -90,7 +91,7 @@ def _run(name: str, **values) -> tuple[Run, torch.Tensor, torch.Tensor]:
     return Run(cfg, random_data(8), torch.device("cpu")), x, torch.arange(8) % 4
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", METHODS.names())
 def test_every_parameter_a_method_trains_gets_a_gradient(name):
     run, x, y = _run(name, **{"method.spec_augment": True})
     trained = [(f"{type(m).__name__}.{n}", p) for m in run.modules for n, p in

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchmix.metrics import (
+from patchmix.engine.metrics import (
     confusion_matrix,
     format_scores,
     icbhi_scores,

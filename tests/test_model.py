@@ -14,19 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import patchmix.model as model_mod
+import patchmix.model.ast as model_mod
 from patchmix.config import ModelConfig
-from patchmix.model import (
+from patchmix.model.ast import (
     AST,
     adapt_checkpoint_pos_embed,
     adapt_pos_embed,
     ast_from_checkpoint,
     audioset_grid,
-    build_model,
     count_parameters,
     load_audioset_checkpoint,
     load_imagenet_checkpoint,
 )
+from patchmix.model.backbone import BACKBONES, build_model
 
 TINY = ModelConfig(embed_dim=64, depth=2, num_heads=2, stride=16)  # grid (8, 49)
 PAPER_BACKBONE_PARAMS = 85_984_512  # exact; derived from timm's DeiT in the test below
@@ -328,6 +328,16 @@ def test_checkpoint_rejections(tmp_path: Path):
     torch.save(deit, tmp_path / "deit.pth")
     with pytest.raises(ValueError, match=r"deit\.pth.*missing keys \(model names\) 1: dist_token"):
         load_imagenet_checkpoint(AST(TINY), tmp_path / "deit.pth")
+
+
+def test_backbone_names_are_resolved_when_the_model_is_built():
+    # the configuration holds a name; the registry says whether it is one
+    cfg = replace(TINY, backbone="no_such_backbone")
+    assert "ast" in BACKBONES
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_backbone'; choose from ast"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="backbone 'ast' is already registered"):
+        BACKBONES.add("ast", lambda cfg: None)
 
 
 def test_build_model_weights(tmp_path: Path):

@@ -18,10 +18,10 @@ import papermill
 import pytest
 from conftest import in_ci, sprsound_mini_root
 
-from patchmix.experiment import NOTEBOOK_DATA
-from patchmix.notebooks import execute
-from patchmix.report import INDEX_FILES, NOTEBOOKS, notebook_of, readme_table
-from patchmix.synth import make_synthetic_icbhi
+from patchmix.companion.notebook_runs import NOTEBOOK_DATA
+from patchmix.companion.notebooks import execute
+from patchmix.companion.report import INDEX_FILES, NOTEBOOKS, notebook_of, readme_table
+from patchmix.data.synth import make_synthetic_icbhi
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -177,7 +177,7 @@ def test_the_parameters_leave_the_output_folders_to_setup(name: str) -> None:
 
 
 def test_setup_without_output_folders_uses_scratch(synth_root, monkeypatch) -> None:
-    from patchmix.notebooks import SCRATCH, setup
+    from patchmix.companion.notebooks import SCRATCH, setup
 
     monkeypatch.chdir(REPO)  # setup moves to the repository root; come back afterwards
     nb = setup("01_data_exploration", profile="smoke", data_root=str(synth_root))
@@ -186,7 +186,7 @@ def test_setup_without_output_folders_uses_scratch(synth_root, monkeypatch) -> N
 
 
 def test_setup_reads_the_feature_cache_make_data_filled(synth_root, monkeypatch) -> None:
-    from patchmix.notebooks import setup
+    from patchmix.companion.notebooks import setup
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATCHMIX_CACHE", "elsewhere")  # restored after the test
@@ -198,7 +198,7 @@ def test_setup_reads_the_feature_cache_make_data_filled(synth_root, monkeypatch)
 
 
 def test_the_runner_sends_outputs_where_it_is_told(monkeypatch) -> None:
-    from patchmix import notebooks
+    from patchmix.companion import notebooks
 
     seen = {}
     monkeypatch.setattr(notebooks, "run_all", lambda params, **kw: seen.update(params) or {})
@@ -237,7 +237,7 @@ def test_make_reproduce_trains_first_and_checks_only_the_default_run_against_shi
     other = " ".join(dry("reproduce", "THREADS=2", "NOTEBOOK_THREADS=3").replace("\\", " ")
                      .split())  # one line: no continuations
     assert "--run --threads 2" in other
-    assert "--threads 3" in other.split("patchmix.notebooks")[1]
+    assert "--threads 3" in other.split("patchmix.companion.notebooks")[1]
     assert "--compare" not in dry("reproduce", "PROFILE=smoke")  # nothing shipped to match
     render = dry("render")
     assert "PATCHMIX_RUNS=out/render/runs" in render and "--outputs '.'" in render
@@ -258,7 +258,7 @@ def test_make_takes_sprsound_for_notebook_06_only_where_it_trains_and_runs() -> 
     assert "data check '/data/sprsound'" in with_it and "data features '/data/sprsound'" in with_it
     assert "--sprsound '/data/sprsound' --run" in with_it
     assert "--outputs '.'" in with_it and "--sprsound '/data/sprsound'" in with_it.split(
-        "patchmix.notebooks")[1]
+        "patchmix.companion.notebooks")[1]
     assert "--sprsound '' --compare shipped" in with_it
     assert "--sprsound '' --export shipped" in dry("ship", "SPRSOUND_ROOT=/data/sprsound")
     assert "SPRSOUND_ROOT=" in dry("render", "SPRSOUND_ROOT=/data/sprsound")
@@ -266,7 +266,7 @@ def test_make_takes_sprsound_for_notebook_06_only_where_it_trains_and_runs() -> 
 
 
 def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, tmp_path) -> None:
-    from patchmix.notebooks import readable_copy
+    from patchmix.companion.notebooks import readable_copy
 
     name = "03_patchmix_ablations"
     first, again = tmp_path / "a" / f"{name}.ipynb", tmp_path / "b" / f"{name}.ipynb"
@@ -287,7 +287,7 @@ def test_the_readable_copy_keeps_outputs_and_drops_what_varies(executed: dict, t
 
 
 def test_the_readable_copy_keeps_only_the_folder_name_of_an_absolute_parameter(tmp_path) -> None:
-    from patchmix.notebooks import readable_copy
+    from patchmix.companion.notebooks import readable_copy
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         'SPRSOUND_ROOT = "/home/someone/data/SPRSound"\nFIGURES_DIR = "figures"',

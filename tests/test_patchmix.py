@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchmix.patchmix import PatchMixResult, patch_mix
+from patchmix.model.patchmix import PatchMixResult, patch_mix
 
 GRID = (12, 79)  # the paper geometry: 948 tokens
 N_TOKENS = GRID[0] * GRID[1]

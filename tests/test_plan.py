@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from patchmix.config import (
-    config_hash,
-    get_value,
-    knob_label,
-    profile,
-    with_overrides,
-    with_values,
-)
-from patchmix.experiment import (
+from patchmix.companion.knobs import knob_label
+from patchmix.companion.notebook_runs import (
     ABLATIONS,
     NOTEBOOK_RUNS,
     PRETRAINED_ONLY,
@@ -22,8 +15,9 @@ from patchmix.experiment import (
     comparison,
     planned_runs,
 )
+from patchmix.companion.report import NOTEBOOKS
+from patchmix.config import config_hash, get_value, profile, with_overrides, with_values
 from patchmix.methods import baseline_methods, method_with_role
-from patchmix.report import NOTEBOOKS
 
 
 def test_baselines_never_repeat_ce_when_specaugment_is_always_on():

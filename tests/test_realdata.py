@@ -11,22 +11,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchmix.config import FeatureConfig, notebook_config, profile
-from patchmix.datasets import DataError, dataset_root, load_data, read_cycles
-from patchmix.experiment import NOTEBOOK_DATA, notebook_roots, run_key, run_seeds
-from patchmix.metrics import icbhi_scores, sprsound_scores
-from patchmix.notebooks import run_all
-from patchmix.plan import jobs
-from patchmix.plots import mel_bin, mel_frequency
-from patchmix.realdata import (
+from patchmix.companion.knobs import notebook_config
+from patchmix.companion.notebook_runs import NOTEBOOK_DATA, notebook_roots
+from patchmix.companion.notebooks import run_all
+from patchmix.companion.plan import jobs
+from patchmix.companion.plots import mel_bin, mel_frequency
+from patchmix.companion.realdata import (
     event_counts,
     findings,
     floor_start,
     record_counts,
     score_summary,
 )
-from patchmix.scoring import cross_scores, part_intervals, part_scores, predictions
-from patchmix.sprsound import DEMO_EPOCHS, ROOT_ENV
+from patchmix.config import FeatureConfig, profile
+from patchmix.data.dataset import dataset_root, recognise
+from patchmix.data.errors import DataError
+from patchmix.data.loading import load_data
+from patchmix.data.sprsound import DEMO_EPOCHS, ROOT_ENV
+from patchmix.engine.experiment import run_key, run_seeds
+from patchmix.engine.metrics import icbhi_scores, sprsound_scores
+from patchmix.engine.scoring import cross_scores, part_intervals, part_scores, predictions
 
 SIX = "06_real_lung_sounds"
 
@@ -35,9 +39,9 @@ SIX = "06_real_lung_sounds"
 def sprsound_runs(sprsound_mini, tmp_path_factory, monkeypatch_module):
     """Weighted CE in the smoke profile on sprsound-mini, seeds 1 and 2, and its data."""
     monkeypatch_module.setenv("PATCHMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    cfg = notebook_config("smoke", data_root=str(sprsound_mini),
-                          overrides="method.name=weighted_ce")
-    data = load_data(cfg.data, progress=False)
+    folder = recognise(sprsound_mini)
+    cfg = notebook_config("smoke", folder=folder, overrides="method.name=weighted_ce")
+    data = load_data(cfg.data, folder=folder, progress=False)
     table = run_seeds(cfg, [1, 2], data=data, root=tmp_path_factory.mktemp("runs"),
                       progress=False)
     return table, data
@@ -98,7 +102,7 @@ def test_findings_rank_the_methods_and_compare_the_proposed_one():
 
 def test_predictions_refuse_a_table_they_were_not_made_on(sprsound_runs, synth_root):
     table, _ = sprsound_runs
-    _, other = read_cycles(synth_root)
+    other = recognise(synth_root).read()
     with pytest.raises(ValueError, match="cycles this table lacks"):
         predictions(table["run_dir"].iloc[0], "last", other)
 
@@ -112,11 +116,11 @@ def test_a_model_is_scored_on_another_data_set_in_its_families(sprsound_runs, sy
     both = cross_scores(table[table["protocol"] == "last"], synth_root,
                         families=("icbhi", "sprsound"))
     assert set(both["family"]) == {"icbhi", "sprsound"}
-    assert cross["n"].iloc[0] == (read_cycles(synth_root)[1]["split"] == "test").sum()
+    assert cross["n"].iloc[0] == (recognise(synth_root).read()["split"] == "test").sum()
 
 
 def test_sprsound_tables_match_the_subset(sprsound_mini):
-    _, cycles = read_cycles(sprsound_mini)
+    cycles = recognise(sprsound_mini).read()
     events = event_counts(cycles).set_index("event type")
     assert events.loc["Normal", ["train", "test_intra", "test_inter"]].tolist() == [137, 19, 43]
     assert events.loc["Stridor", "class"] == "wheeze" and events["total"].sum() == 289
@@ -134,11 +138,11 @@ def test_floor_start_finds_where_the_sound_ends():
 
 
 def test_a_data_set_sets_its_own_demo_epochs_unless_told(sprsound_mini):
-    root = str(sprsound_mini)
-    assert notebook_config("demo", data_root=root).train.epochs == DEMO_EPOCHS
-    assert notebook_config("demo", data_root=root, overrides="epochs=30").train.epochs == 30
-    assert notebook_config("demo", data_root=root, knobs={"epochs": 4}).train.epochs == 4
-    assert notebook_config("smoke", data_root=root).train.epochs == profile("smoke").train.epochs
+    root = recognise(sprsound_mini)
+    assert notebook_config("demo", folder=root).train.epochs == DEMO_EPOCHS
+    assert notebook_config("demo", folder=root, overrides="epochs=30").train.epochs == 30
+    assert notebook_config("demo", folder=root, knobs={"epochs": 4}).train.epochs == 4
+    assert notebook_config("smoke", folder=root).train.epochs == profile("smoke").train.epochs
     assert notebook_config("demo").train.epochs == profile("demo").train.epochs
 
 

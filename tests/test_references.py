@@ -262,7 +262,7 @@ def test_the_repository_has_no_dangling_reference():
 
 # --- the checker itself, on made-up text ---------------------------------------------------
 
-FAKE_FILES = ("README.md", "docs/README.md", "docs/method.md", "lib/patchmix/losses.py",
+FAKE_FILES = ("README.md", "docs/README.md", "docs/method.md", "lib/patchmix/model/losses.py",
               "notebooks/01_data_exploration.ipynb", "figures/02_baselines-curves.png")
 
 
@@ -289,7 +289,7 @@ def _where_only(problems: list[str]) -> list[str]:
 def test_references_that_resolve_pass():
     text = "\n".join([
         "[the method](docs/method.md) and ![curves](figures/02_baselines-curves.png)",
-        "`lib/patchmix/losses.py`, lib/patchmix/ and notebooks/01_data_exploration.ipynb.",
+        "`lib/patchmix/model/losses.py`, lib/patchmix/ and notebooks/01_data_exploration.ipynb.",
         "A bare name such as method.md exists somewhere; so does `README.md`.",
     ])
     assert _problems("README.md", text) == []
@@ -308,7 +308,7 @@ def test_urls_globs_placeholders_and_code_are_not_references():
     ])
     assert _problems("README.md", text) == []
     code = "y = models['store'](x)\nline = '[{}]({})'.format(name, link)\n"
-    assert _problems("lib/patchmix/losses.py", code) == []
+    assert _problems("lib/patchmix/model/losses.py", code) == []
     # in Markdown any link target counts, even one that does not look like a file
     assert _where_only(_problems("README.md", "see [x](x)")) == ["README.md:line 1"]
 
@@ -321,17 +321,18 @@ def test_a_missing_link_is_reported_with_its_file_and_line():
     assert _problems("docs/README.md", "[m](docs/method.md)") == [
         "docs/README.md:line 1: link 'docs/method.md' does not exist in the repository"]
     # a link in a docstring names a file, so it is checked too
-    assert _where_only(_problems("lib/patchmix/losses.py", '"""See [it](docs/gone.md)."""')) \
-        == ["lib/patchmix/losses.py:line 1"]
+    assert _where_only(_problems("lib/patchmix/model/losses.py", '"""See [it](docs/gone.md)."""')) \
+        == ["lib/patchmix/model/losses.py:line 1"]
 
 
 def test_missing_bare_paths_are_reported():
     text = ("`docs/no-such-page.md`\n"
             "figures/no-such-page.png and lib/no-such-page.py\n"
             "no-such-page.md\n")
-    got = _problems("lib/patchmix/losses.py", text)
-    assert _where_only(got) == ["lib/patchmix/losses.py:line 1", "lib/patchmix/losses.py:line 2",
-                                "lib/patchmix/losses.py:line 2", "lib/patchmix/losses.py:line 3"]
+    page = "lib/patchmix/model/losses.py"
+    got = _problems(page, text)
+    assert _where_only(got) == [f"{page}:line 1", f"{page}:line 2", f"{page}:line 2",
+                                f"{page}:line 3"]
     assert got[-1].endswith("no file named 'no-such-page.md'")
 
 

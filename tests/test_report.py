@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,12 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from patchmix.config import ModelConfig, notebook_config
-from patchmix.datasets import get_dataset
-from patchmix.experiment import aggregate
-from patchmix.latent import Encoded, encode_cycles, knn_scores, mix_alignment, silhouettes
-from patchmix.model import AST
-from patchmix.report import (
+from patchmix.companion.knobs import notebook_config
+from patchmix.companion.latent import Encoded, encode_cycles, knn_scores, mix_alignment, silhouettes
+from patchmix.companion.report import (
     PAPER_TABLE,
     Outputs,
     markdown_table,
@@ -26,6 +24,10 @@ from patchmix.report import (
     verdict,
     with_sd,
 )
+from patchmix.config import ModelConfig
+from patchmix.data.dataset import DATASETS, DataFolder
+from patchmix.engine.experiment import aggregate
+from patchmix.model.ast import AST
 
 
 def test_notebook_of_needs_an_exact_notebook_prefix():
@@ -73,9 +75,9 @@ def test_outputs_names_records_and_indexes_every_file(tmp_path):
 
 
 def test_describe_data_never_leaks_a_machine_path():
-    assert get_dataset("synthetic").describe("/home/someone/data/synthetic") == (
+    assert DATASETS.get("synthetic").describe("/home/someone/data/synthetic") == (
         "synthetic stand-in, not ICBHI (folder synthetic)")
-    assert get_dataset("icbhi").describe("/mnt/ICBHI") == "ICBHI 2017 (folder ICBHI)"
+    assert DATASETS.get("icbhi").describe("/mnt/ICBHI") == "ICBHI 2017 (folder ICBHI)"
 
 
 def test_markdown_table_formats_floats_and_nan():
@@ -120,10 +122,11 @@ def test_verdict_states_the_data_and_judges_against_the_spread():
                                                 profile="demo")
 
 
-def test_notebook_config_is_one_call_from_parameters():
-    cfg = notebook_config("demo", data_root="some/where", weights="w.pth",
+def test_notebook_config_is_one_call_from_parameters(tmp_path):
+    folder = DataFolder(tmp_path / "some" / "where", DATASETS.get("icbhi"))  # as recognised
+    cfg = notebook_config("demo", folder=folder, weights=Path("w.pth"),
                           overrides="epochs=3 method.name=ce")
-    assert cfg.data.root == "some/where" and cfg.train.epochs == 3
+    assert cfg.data.root == str(folder.path) and cfg.train.epochs == 3
     assert cfg.model.weights == "audioset" and cfg.model.audioset_checkpoint == "w.pth"
     assert cfg.method.name == "ce" and cfg.profile == "demo"
     assert notebook_config("smoke").data.root == ""

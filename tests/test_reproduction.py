@@ -1,5 +1,5 @@
-"""The verdict of a reproduction (`patchmix.reproduction`, ``patchmix plan --compare``): a run
-that differs in its last bits passes, a shipped Score moved beyond the tolerance fails with a
+"""The verdict of a reproduction (`patchmix.companion.reproduction`, ``patchmix plan --compare``): a
+run that differs in its last bits passes, a shipped Score moved beyond the tolerance fails with a
 table naming the run, a missing run fails."""
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ import pandas as pd
 import pytest
 
 from patchmix.cli import main
-from patchmix.datasets import load_data
-from patchmix.experiment import run_key
-from patchmix.integrity import FILES, PROVENANCE, checksums
-from patchmix.metrics import icbhi_scores
-from patchmix.plan import jobs
-from patchmix.reproduction import (
+from patchmix.companion.plan import jobs
+from patchmix.companion.reproduction import (
     NOISE,
     Judgement,
     _per_run,
@@ -31,7 +27,12 @@ from patchmix.reproduction import (
     tolerance,
     tolerance_markdown,
 )
-from patchmix.train import fit
+from patchmix.data.dataset import recognise
+from patchmix.data.loading import load_data
+from patchmix.engine.experiment import run_key
+from patchmix.engine.integrity import FILES, PROVENANCE, checksums
+from patchmix.engine.metrics import icbhi_scores
+from patchmix.engine.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def shipped(synth_root, tmp_path_factory, monkeypatch_module):
     base = tmp_path_factory.mktemp("reproduction")
     monkeypatch_module.setenv("PATCHMIX_CACHE", str(base / "cache"))
     monkeypatch_module.setenv("PATCHMIX_RUNS", str(base / "runs"))
-    plan = jobs("smoke", data_root=str(synth_root), seeds=2, notebooks=["04_latent_umap"])
+    plan = jobs("smoke", folder=recognise(synth_root), seeds=2, notebooks=["04_latent_umap"])
     assert len(plan) == 4
     data = load_data(plan[0].cfg.data, progress=False)
     for job in plan:

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from patchmix.cli import build_parser, main
+from patchmix.companion.notebook_runs import NOTEBOOK_RUNS, planned_runs
+from patchmix.companion.plan import compare, jobs, notebook_seeds, pending, run_local
+from patchmix.companion.report import NOTEBOOKS
 from patchmix.config import PROFILES, overrides_between, profile, result_config, with_overrides
-from patchmix.datasets import load_data
-from patchmix.experiment import NOTEBOOK_RUNS, finished, planned_runs, run_key
-from patchmix.plan import compare, jobs, notebook_seeds, pending, run_local
-from patchmix.report import NOTEBOOKS
+from patchmix.data.dataset import recognise
+from patchmix.data.loading import load_data
+from patchmix.engine.experiment import finished, run_key
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -56,27 +58,27 @@ def test_a_local_pool_trains_into_the_run_cache_the_notebooks_read(synth_root, t
                                                                     monkeypatch, capsys):
     monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
-    plan = jobs("smoke", data_root=str(synth_root), notebooks=["04_latent_umap"])
+    plan = jobs("smoke", folder=recognise(synth_root), notebooks=["04_latent_umap"])
     assert len(plan) == 2  # fine-tuning and Patch-Mix CL, one seed
     data = load_data(plan[0].cfg.data, progress=False)  # the features, once, before the pool
     assert pending(plan, tmp_path / "runs", data) == plan
-    assert run_local(plan, workers=2, threads=1, log_dir=tmp_path / "logs") == []
+    assert run_local(plan, main, workers=2, threads=1, log_dir=tmp_path / "logs") == []
     assert pending(plan, tmp_path / "runs", data) == []
-    for job in plan:  # where `patchmix.experiment.run` (the notebooks) will look
+    for job in plan:  # where `patchmix.engine.experiment.run` (the notebooks) will look
         assert finished(tmp_path / "runs" / run_key(job.cfg, data)) is not None
     assert "[2/2]" in capsys.readouterr().out
     lines = (tmp_path / "logs" / "001.log").read_text().splitlines()
     assert lines[0] == plan[0].with_threads(1).command() and "→" in lines[1]  # then its output
-    # The jobs ran in forks of a warm server (`patchmix.plan._launch`). Again, in another run
-    # cache: through the same server (started with the first environment, so each job must
+    # The jobs ran in forks of a warm server (`patchmix.companion.plan._launch`). Again, in another
+    # run cache: through the same server (started with the first environment, so each job must
     # carry its own), and as a plain `patchmix train` process (platforms without a fork
     # server): the same run to the last bit.
     metrics = (tmp_path / "runs" / run_key(plan[0].cfg, data) / "metrics.jsonl").read_bytes()
     for name, server in (("again", True), ("plain", False)):
         monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / name))
         if not server:
-            monkeypatch.setattr("patchmix.plan._fork_server", lambda: None)
-        assert run_local(plan[:1], threads=1, log_dir=tmp_path / f"{name}-logs") == []
+            monkeypatch.setattr("patchmix.companion.plan._fork_server", lambda entry: None)
+        assert run_local(plan[:1], main, threads=1, log_dir=tmp_path / f"{name}-logs") == []
         again = tmp_path / name / run_key(plan[0].cfg, data) / "metrics.jsonl"
         assert again.read_bytes() == metrics, name
     monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
@@ -118,24 +120,24 @@ def test_pool_threads_follow_a_pinned_profile(monkeypatch, tmp_path):
     without changing a run's key."""
     seen: list[tuple[str, list[str]]] = []
 
-    def fake_launch(job, env, log, server, running):
+    def fake_launch(job, env, log, server, running, entry):
         seen.append((env["OMP_NUM_THREADS"], job.argv()))
         return 0
 
-    monkeypatch.setattr("patchmix.plan._launch", fake_launch)
-    monkeypatch.setattr("patchmix.plan.os.cpu_count", lambda: 8)
+    monkeypatch.setattr("patchmix.companion.plan._launch", fake_launch)
+    monkeypatch.setattr("patchmix.companion.plan.os.cpu_count", lambda: 8)
     plan = jobs("demo", notebooks=["04_latent_umap"])
     assert {j.cfg.train.threads for j in plan} == {1}
-    assert run_local(plan, log_dir=tmp_path) == []
+    assert run_local(plan, main, log_dir=tmp_path) == []
     assert {t for t, _ in seen} == {"1"}
     seen.clear()
-    assert run_local(plan, threads=2, log_dir=tmp_path) == []
+    assert run_local(plan, main, threads=2, log_dir=tmp_path) == []
     assert {t for t, _ in seen} == {"2"} and all("train.threads=2" in a for _, a in seen)
     # the same runs: the key is made of `result_config`, which leaves the thread count out
     assert [result_config(j.with_threads(2).cfg) for j in plan] == [
         result_config(j.cfg) for j in plan]
     seen.clear()
-    assert run_local(jobs("smoke", notebooks=["04_latent_umap"]), workers=2,
+    assert run_local(jobs("smoke", notebooks=["04_latent_umap"]), main, workers=2,
                      log_dir=tmp_path) == []
     assert {t for t, _ in seen} == {"4"}  # unpinned: the cores shared among the workers
 
@@ -151,7 +153,7 @@ def test_submitit_local_jobs_land_in_the_run_cache(synth_root, tmp_path, monkeyp
                  "--timeout-min", "10"]) == 0
     out = capsys.readouterr().out
     assert out.count("submitted ") == 2 and out.count("done ") == 2
-    plan = jobs("smoke", data_root=str(synth_root), notebooks=["04_latent_umap"])
+    plan = jobs("smoke", folder=recognise(synth_root), notebooks=["04_latent_umap"])
     data = load_data(plan[0].cfg.data, progress=False)
     assert pending(plan, tmp_path / "runs", data) == []  # where the notebooks will look
     assert main([*args]) == 0 and capsys.readouterr().out == ""  # nothing left to list
@@ -162,21 +164,21 @@ def test_shipped_runs_are_found_read_only_and_compare_with_a_retraining(
     """The committed layer: `export` writes compact runs with their provenance, `run` reads
     them when the run cache lacks them (weights where a notebook opens them), never writing
     there, and `compare` checks a retraining against them."""
-    from patchmix.experiment import load_trained, run, shipped_dir
-    from patchmix.integrity import PROVENANCE, RunIntegrityError
-    from patchmix.latent import load_projector
-    from patchmix.notebooks import where_from
-    from patchmix.plan import SHIPPED_FILES, export
+    from patchmix.companion.latent import load_projector
+    from patchmix.companion.notebooks import where_from
+    from patchmix.companion.plan import SHIPPED_FILES, export
+    from patchmix.engine.experiment import load_trained, run, shipped_dir
+    from patchmix.engine.integrity import PROVENANCE, RunIntegrityError
 
     monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATCHMIX_RUNS", str(tmp_path / "runs"))
-    plan = jobs("smoke", data_root=str(synth_root), notebooks=["04_latent_umap"])
+    plan = jobs("smoke", folder=recognise(synth_root), notebooks=["04_latent_umap"])
     assert [j.weights for j in plan] == [True, True]  # 04 encodes with both checkpoints
     plan[0] = dataclasses.replace(plan[0], weights=False)  # as a scores-only run would ship
     data = load_data(plan[0].cfg.data, progress=False)
     with pytest.raises(ValueError, match="2 of 2 runs are not finished"):
         export(plan, tmp_path / "runs", tmp_path / "shipped", data)
-    assert run_local(plan, workers=1, log_dir=tmp_path / "logs") == []
+    assert run_local(plan, main, workers=1, log_dir=tmp_path / "logs") == []
     made = export(plan, tmp_path / "runs", tmp_path / "shipped", data)
     keys = [run_key(j.cfg, data) for j in plan]
     assert [r["run"] for r in made["runs"]] == keys

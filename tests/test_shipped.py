@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from patchmix.datasets import load_cycles
-from patchmix.experiment import SHIPPED, run_key
-from patchmix.integrity import PROVENANCE
-from patchmix.plan import SHIPPED_FILES, jobs
-from patchmix.train import finished
+from patchmix.companion.plan import SHIPPED_FILES, jobs
+from patchmix.data.loading import load_cycles
+from patchmix.engine.experiment import SHIPPED, run_key
+from patchmix.engine.integrity import PROVENANCE
+from patchmix.engine.train import finished
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_DIR = REPO / SHIPPED
@@ -22,7 +22,7 @@ SHIPPED_DIR = REPO / SHIPPED
 def fresh_demo_data(tmp_path_factory):
     """The demo's synthetic set as `make data` builds it in a new clone: new files, new
     mtimes, another folder."""
-    from patchmix.synth import make_synthetic_icbhi
+    from patchmix.data.synth import make_synthetic_icbhi
 
     root = tmp_path_factory.mktemp("fresh") / "synthetic"
     make_synthetic_icbhi(root, 100, seed=0, progress=False)  # the Makefile's RECORDINGS, SEED

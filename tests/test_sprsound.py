@@ -14,9 +14,9 @@ import pytest
 from conftest import write_wav
 
 from patchmix.cli import main
-from patchmix.datasets import DataError, find_dataset, read_cycles
-from patchmix.metrics import icbhi_scores, patient_bootstrap_ci, sprsound_scores
-from patchmix.sprsound import (
+from patchmix.data.dataset import recognise
+from patchmix.data.errors import DataError
+from patchmix.data.sprsound import (
     CYCLE_COLUMNS,
     EVENT_TO_CLASS,
     EVENT_TYPES,
@@ -24,6 +24,7 @@ from patchmix.sprsound import (
     read_sprsound,
     summarize,
 )
+from patchmix.engine.metrics import icbhi_scores, patient_bootstrap_ci, sprsound_scores
 
 # sprsound-mini's README, per part: recordings, patients, events by type, record labels
 README = {
@@ -80,7 +81,7 @@ def test_the_subset_reads_as_its_readme_counts(sprsound_mini):
     assert (df["end"] > df["start"]).all() and set(df["sample_rate"]) == {8000}
     assert df["label"].tolist() == [EVENT_TO_CLASS[t] for t in df["event_type"]]
     assert df["label7"].tolist() == [EVENT_TYPES.index(t) for t in df["event_type"]]
-    assert find_dataset(sprsound_mini).name == "sprsound"
+    assert recognise(sprsound_mini).dataset.name == "sprsound"
 
 
 def test_the_older_layout_reads_alike_and_extra_folders_are_reported(sprsound_mini, tmp_path):
@@ -108,10 +109,10 @@ def test_data_check_prints_the_counts(sprsound_mini, capsys):
 
 
 def test_features_follow_the_recipe(sprsound_mini, tmp_path, monkeypatch):
-    from patchmix.audio import recording_cycles
     from patchmix.config import DataConfig
-    from patchmix.datasets import load_data
-    from patchmix.features import fbank
+    from patchmix.data.audio import recording_cycles
+    from patchmix.data.features import fbank
+    from patchmix.data.loading import load_data
 
     monkeypatch.setenv("PATCHMIX_CACHE", str(tmp_path / "cache"))
     data = load_data(DataConfig(root=str(sprsound_mini), val_fraction=0.2), progress=False)
@@ -249,7 +250,7 @@ def test_the_readme_key_name_and_no_split_file(tmp_path):
     root = release(tmp_path, {NAME.format(1): doc})
     assert read_sprsound(root)["record_label"].tolist() == ["Normal"]
     with pytest.raises(DataError, match="takes no split file"):
-        read_cycles(root, tmp_path / "split.txt")
+        recognise(root).read(tmp_path / "split.txt")
     with pytest.raises(DataError, match="not an SPRSound release folder"):
         read_sprsound(tmp_path / "BioCAS2022" / "train2022_wav")
 

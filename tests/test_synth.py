@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from scipy import ndimage, signal, stats
 
-from patchmix.synth import CLASSES, VERSION, SynthSummary, _plan, make_synthetic_icbhi
+from patchmix.data.synth import CLASSES, VERSION, SynthSummary, _plan, make_synthetic_icbhi
 
 DB = "ICBHI_final_database"
 DESCRIPTIONS = {"filename_format.txt", "filename_differences.txt"}

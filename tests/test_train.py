@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from patchmix.config import config_hash, profile, with_overrides
-from patchmix.methods import method_names
-from patchmix.train import cosine_lr, fit, ma_update
+from patchmix.engine.train import cosine_lr, fit, ma_update
+from patchmix.methods import METHODS
 
 
 def test_profiles_and_overrides():
@@ -25,7 +25,6 @@ def test_profiles_and_overrides():
     assert config_hash(cfg) != config_hash(profile("demo"))
     for bad, message in ((["nope=1"], "unknown override key 'nope'"),
                          (["epochs=x"], "bad value 'x' for epochs"),
-                         (["method.name=svm"], r"bad override \(method.name\): unknown method"),
                          (["epochs"], "not key=value")):
         with pytest.raises(ValueError, match=message):
             with_overrides(cfg, bad)
@@ -42,7 +41,7 @@ def test_cosine_schedule_and_ma_update():
     assert new[0].tolist() == [2.0, 1.0]
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_trains_and_records_all_protocols(smoke_data, tmp_path, method):
     cfg, data = smoke_data
     cfg = with_overrides(cfg, [f"method.name={method}", "epochs=1"])
@@ -103,7 +102,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(smoke_data, tmp_path):
 
 def test_run_cache_returns_without_training_and_seeds_aggregate(smoke_data, tmp_path,
                                                                monkeypatch):
-    from patchmix import experiment
+    from patchmix.engine import experiment
 
     cfg, data = smoke_data
     cfg = with_overrides(cfg, ["epochs=1", "method.name=ce"])
@@ -132,7 +131,7 @@ def test_run_cache_returns_without_training_and_seeds_aggregate(smoke_data, tmp_
 
 
 def test_compiled_blocks_train_like_eager_and_keep_checkpoint_keys(smoke_data, tmp_path):
-    from patchmix.experiment import load_trained
+    from patchmix.engine.experiment import load_trained
 
     cfg, data = smoke_data
     cfg = with_overrides(cfg, ["epochs=1", "max_steps_per_epoch=2", "method.name=patchmix_cl"])

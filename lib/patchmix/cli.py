@@ -31,7 +31,7 @@ class _OneLineError(Exception):
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that every ``finally`` cleans up."""
 
-    signum = signal.SIGTERM  # how `patchmix.plan.run_local` tells it from Ctrl-C
+    signum = signal.SIGTERM  # how `patchmix.companion.plan.run_local` tells it from Ctrl-C
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -43,9 +43,20 @@ class _Parser(argparse.ArgumentParser):
         raise _OneLineError(f"{message} (see '{self.prog} --help')")
 
 
+class _MethodHelp(str):
+    """The help of ``--method``, written when it is shown: naming the registered methods imports
+    them, and torch with them (seconds), which ``patchmix --help`` and the commands that train
+    nothing need not wait for."""
+
+    def __mod__(self, params: object) -> str:  # how argparse expands a help text it shows
+        from patchmix.config import MethodConfig
+        from patchmix.methods import METHODS
+
+        return f"{' | '.join(METHODS.names())} (default {MethodConfig.name})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from patchmix.config import PROFILES, MethodConfig
-    from patchmix.methods import method_names
+    from patchmix.config import PROFILES
 
     parser = _Parser(
         prog="patchmix",
@@ -76,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one run (cached under runs/ by default)")
     train.add_argument("--profile", default="demo",
                        help=f"{' | '.join(PROFILES)} (default demo)")
-    train.add_argument("--method", help=f"{' | '.join(method_names())} "
-                                        f"(default {MethodConfig.name})")
+    train.add_argument("--method", help=_MethodHelp("the registered methods"))
     train.add_argument("--seed", type=int, help="run seed")
     train.add_argument("--data", help="data folder (default $ICBHI_ROOT, else data/synthetic)")
     train.add_argument("--out", help="train into this folder instead of the run cache")
@@ -155,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchmix`` script; returns the exit status."""
-    from patchmix.datasets import DataError
-
     parser = build_parser()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -182,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of the output left early (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (_OneLineError, DataError, ValueError, OSError) as err:
+    except (_OneLineError, ValueError, OSError) as err:  # DataError is a ValueError
         if isinstance(err, OSError) and err.strerror:  # "file: problem", not "[Errno 2] …"
             text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
         else:
@@ -201,9 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from patchmix.datasets import read_cycles
+    from patchmix.data.dataset import recognise
 
-    dataset, cycles = read_cycles(args.root, args.split_file)
+    folder = recognise(args.root)
+    dataset, cycles = folder.dataset, folder.read(args.split_file)
     report = dataset.summarize(cycles)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -214,10 +223,10 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_features(args: argparse.Namespace) -> int:
-    from patchmix.datasets import read_cycles
-    from patchmix.features import cycle_features
+    from patchmix.data.dataset import recognise
+    from patchmix.data.features import cycle_features
 
-    _, cycles = read_cycles(args.root, args.split_file)
+    cycles = recognise(args.root).read(args.split_file)
     started = time.perf_counter()
     array = cycle_features(cycles, cache_dir=args.cache, workers=args.workers)
     seconds = time.perf_counter() - started
@@ -227,9 +236,9 @@ def _data_features(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from patchmix import calibration, plots
-    from patchmix.datasets import read_cycles
-    from patchmix.report import markdown_table
+    from patchmix.companion import calibration, plots
+    from patchmix.companion.report import markdown_table
+    from patchmix.data.dataset import recognise
 
     plots.use_style()  # the notebooks' figure style
     measured = []
@@ -239,7 +248,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise ValueError(f"{spec!r}: write a data set as NAME=ROOT (or NAME=ROOT+ROOT)")
         parts = []
         for root in roots.split("+"):
-            cycles = read_cycles(root)[1]
+            cycles = recognise(root).read()
             if args.per_class:
                 cycles = calibration.subsample(cycles, args.per_class, seed=args.seed)
             parts.append(calibration.measure_cycles(cycles, name))
@@ -258,7 +267,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from patchmix.synth import make_synthetic_icbhi
+    from patchmix.data.synth import make_synthetic_icbhi
 
     summary = make_synthetic_icbhi(args.out, args.recordings, args.seed, progress=not args.quiet)
     print(f"wrote {summary.recordings} synthetic recordings of {summary.patients} patients "
@@ -267,10 +276,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from patchmix.datasets import load_data
-    from patchmix.experiment import runs_dir, shipped_dir
-    from patchmix.plan import jobs, longest_first, pending, run_local
-    from patchmix.report import NOTEBOOKS, project_root
+    from patchmix.companion.plan import jobs, longest_first, pending, run_local
+    from patchmix.companion.report import NOTEBOOKS, project_root
+    from patchmix.data.dataset import recognise
+    from patchmix.data.loading import load_data
+    from patchmix.engine.experiment import runs_dir, shipped_dir
 
     if args.workers < 0 or args.threads < 0 or args.seeds < 0:
         raise ValueError("--workers, --threads and --seeds must be at least 0")
@@ -281,7 +291,8 @@ def _plan(args: argparse.Namespace) -> int:
     export_to = Path(args.export).resolve() if args.export else None
     os.chdir(project_root())
     roots = None if args.sprsound is None else {"sprsound": args.sprsound}
-    plan = jobs(args.profile, data_root=args.data, weights=args.weights, seeds=args.seeds,
+    plan = jobs(args.profile, folder=recognise(args.data) if args.data else None,
+                weights=Path(args.weights) if args.weights else None, seeds=args.seeds,
                 notebooks=args.notebooks or NOTEBOOKS, data_roots=roots)
     data = functools.cache(lambda cfg: load_data(cfg, progress=True))  # each data set once
     todo = pending(plan, runs_dir(), data)
@@ -291,8 +302,8 @@ def _plan(args: argparse.Namespace) -> int:
     if compare_to:
         return _compare(plan, compare_to, runs_dir(), data, outputs=args.report_outputs)
     if export_to:
-        from patchmix.plan import export
-        from patchmix.reproduction import NOISE, scores_table, seed_noise
+        from patchmix.companion.plan import export
+        from patchmix.companion.reproduction import NOISE, scores_table, seed_noise
 
         # the seed spread a reproduction is judged against, recorded with the runs
         noise = seed_noise(scores_table(plan, runs_dir(), data))
@@ -309,7 +320,8 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     shipped = shipped_dir()  # how long each method trained there orders the pool
     earlier = sorted(shipped.iterdir()) if shipped is not None and shipped.is_dir() else []
-    failed = run_local(longest_first(todo, earlier), workers=args.workers, threads=args.threads)
+    failed = run_local(longest_first(todo, earlier), main, workers=args.workers,
+                       threads=args.threads)
     for job, code in failed:
         print(f"error: exit {code}: {job.command()}", file=sys.stderr)
     return 1 if failed else 0
@@ -317,8 +329,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _compare(plan: list[Any], expected: Path, actual: Path, data: Any, *,
              outputs: bool = False) -> int:
-    from patchmix.report import project_root
-    from patchmix.reproduction import judge, outputs_lines, report
+    from patchmix.companion.report import project_root
+    from patchmix.companion.reproduction import judge, outputs_lines, report
 
     judged = judge(plan, expected, actual, data)
     print(f"# the {len(plan)} runs in {actual}/ against those in {expected}/")
@@ -330,7 +342,7 @@ def _compare(plan: list[Any], expected: Path, actual: Path, data: Any, *,
 
 
 def _submit(todo: list[Any], logs: Path, args: argparse.Namespace) -> int:
-    from patchmix.plan import submit
+    from patchmix.companion.plan import submit
 
     parameters: dict[str, Any] = {"timeout_min": args.timeout_min}
     if args.gpus:
@@ -353,17 +365,18 @@ def _submit(todo: list[Any], logs: Path, args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from patchmix import distributed
     from patchmix.config import profile, with_overrides
-    from patchmix.datasets import load_data
-    from patchmix.experiment import run
-    from patchmix.train import fit, resolve_device
+    from patchmix.data.loading import load_data
+    from patchmix.engine.experiment import run
+    from patchmix.engine.train import check_names, fit, resolve_device
+    from patchmix.model import distributed
 
     overrides = list(args.overrides)
     for flag, key in ((args.method, "method.name"), (args.seed, "seed"), (args.data, "data.root")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     cfg = with_overrides(profile(args.profile), overrides)
+    check_names(cfg)  # an unknown method or backbone, before any feature is computed
     # Under torchrun: join the job; rank 0 fills the feature cache before the others read it.
     job, _ = distributed.init_from_env(resolve_device(cfg.train.device))
     try:
@@ -389,10 +402,10 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from patchmix.datasets import load_data
-    from patchmix.experiment import load_trained
-    from patchmix.metrics import format_scores
-    from patchmix.scoring import ALL, model_scores
+    from patchmix.data.loading import load_data
+    from patchmix.engine.experiment import load_trained
+    from patchmix.engine.metrics import format_scores
+    from patchmix.engine.scoring import ALL, model_scores
 
     model, cfg = load_trained(args.checkpoint)
     data_cfg = dataclasses.replace(cfg.data, root=args.data) if args.data else cfg.data
@@ -418,12 +431,13 @@ FAMILY_TITLES = {"icbhi": "ICBHI", "sprsound": "SPRSound"}
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from patchmix.audio import recording_cycles, wav_info
-    from patchmix.datasets import CLASSES, DataError
-    from patchmix.experiment import load_trained
-    from patchmix.features import fbank
-    from patchmix.icbhi import read_annotation
-    from patchmix.train import predict_proba
+    from patchmix.data.audio import recording_cycles, wav_info
+    from patchmix.data.dataset import CLASSES
+    from patchmix.data.errors import DataError
+    from patchmix.data.features import fbank
+    from patchmix.data.icbhi import read_annotation
+    from patchmix.engine.experiment import load_trained
+    from patchmix.engine.train import predict_proba
 
     model, cfg = load_trained(args.checkpoint)
     feats_cfg = cfg.data.features
@@ -458,7 +472,7 @@ PROBLEMS_PER_KIND = 3
 def format_report(report: dict[str, Any]) -> str:
     """`patchmix data check`'s report as aligned plain-text tables: the counts every data set
     reports, then whichever of a data set's own details it has."""
-    from patchmix.datasets import CLASSES
+    from patchmix.data.dataset import CLASSES
 
     splits = list(report["recordings"])
     origin = "SYNTHETIC (patchmix synth)" if report["synthetic"] else "recordings on disk"

@@ -9,7 +9,12 @@ Three ways to change a configuration, all validated when the new one is built:
 
 - ``with_overrides(cfg, ["train.epochs=3"])``: ``key=value`` text, as on the command line;
 - ``with_values(cfg, {"train.epochs": 3})``: typed values, as notebooks and the run plan use;
-- ``notebook_config(profile, knobs={"epochs": 3})``: the notebooks' named knobs (`KNOBS`).
+- the notebooks' named knobs (``EPOCHS``, ``TEMPERATURE``, …), which
+  `patchmix.companion.knobs` turns into typed values.
+
+Names of registered entries (``method.name``, ``model.backbone``) are only checked to be
+names here; whether one is registered is checked where it is resolved (`patchmix.registry`),
+before any feature is computed. This module imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -102,6 +107,13 @@ def _check(cfg: Any) -> None:
             raise ValueError(f"{name} must be {allowed}, not {value!r}")
 
 
+def _check_name(value: Any, what: str) -> None:
+    """A ValueError unless `value` can name a registered entry: a non-empty string. Whether
+    one is registered under it is checked where it is resolved (`patchmix.registry`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Preprocessing of a respiratory cycle, from recording to normalised fbank.
@@ -171,7 +183,7 @@ class ModelConfig:
     CPU profiles use smaller widths/depths and may use a larger stride.
     """
 
-    backbone: str = "ast"  # a name registered with `patchmix.model.register_backbone`
+    backbone: str = "ast"  # a name registered in `patchmix.model.backbone.BACKBONES`
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -201,11 +213,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self)
-        from patchmix.model import backbone_names  # noqa: PLC0415 - the registry imports torch
-
-        if self.backbone not in backbone_names():
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from "
-                             f"{', '.join(backbone_names())}")
+        _check_name(self.backbone, "backbone")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by "
                              f"num_heads {self.num_heads}")
@@ -229,7 +237,7 @@ class ModelConfig:
 class MethodConfig:
     """The training objective and its knobs; ``name`` picks a registered `patchmix.methods`."""
 
-    name: str = "patchmix_cl"  # a name registered with `patchmix.methods.register_method`
+    name: str = "patchmix_cl"  # a name registered in `patchmix.methods.METHODS`
     spec_augment: bool = False  # SpecAugment on every training batch, whatever the method
     specaug_gate: Gate = "official"  # "official": fires where 1 >= N(0, 1), ~84 % of samples
     mix_beta: float = 1.0  # λ ~ Beta(β, β) for Mixup, CutMix and Patch-Mix
@@ -244,18 +252,14 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check(self)
-        from patchmix.methods import method_names  # noqa: PLC0415 - the registry imports torch
-
-        if self.name not in method_names():
-            raise ValueError(f"unknown method {self.name!r}; choose from "
-                             f"{', '.join(method_names())}")
+        _check_name(self.name, "method name")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the cycles come from and how train is split for the honest `val` protocol."""
 
-    root: str = ""  # a data set's folder; "" → `patchmix.datasets.resolve_root`'s default
+    root: str = ""  # a data set's folder; "" → `patchmix.data.dataset.find_folder`'s default
     val_fraction: float = 0.2  # patient-grouped validation carved from train; 0 → no val split
     val_seed: int = 0
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -281,7 +285,7 @@ class TrainConfig:
     device: Device = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole training set every epoch
     # torch intra-op threads on CPU; 0 leaves torch's default. Not part of a run's key: it moves
-    # only the last bits (`patchmix.experiment.run_key`)
+    # only the last bits (`patchmix.engine.experiment.run_key`)
     threads: int = 0
     # torch.compile each transformer block in place (state_dict keys unchanged); off by default
     # until it is shown to help on the device at hand (bench/README.md)
@@ -322,7 +326,7 @@ class ExperimentConfig:
 
 def result_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """`cfg` without what does not decide a run's reported numbers, the part a run is cached
-    by: no data folder (``data.root``; `patchmix.datasets.Data.identity` names the data, so
+    by: no data folder (``data.root``; `patchmix.data.loading.Data.identity` names the data, so
     the same recordings read from another folder or machine find the same run) and no thread
     count (``train.threads``: a sum split over other threads rounds differently in the last
     bits, noise like that of another CPU model's kernels: docs/evaluation.md#reproducing-a-run).
@@ -351,8 +355,8 @@ def profile(name: str) -> ExperimentConfig:
       saves nothing that matters. One intra-op thread per run (``train.threads=1``): CPU
       kernels split their sums by thread, so a pinned count gives the same bits on any
       number of cores (of one CPU model), and the pool trains one run per core
-      (`patchmix.plan.run_local`), which on two cores is faster than one two-thread run after
-      another. About a minute per run on a laptop core.
+      (`patchmix.companion.plan.run_local`), which on two cores is faster than one two-thread run
+      after another. About a minute per run on a laptop core.
     - ``smoke``: a tiny AST (32-d, 1 layer, stride 32), 2 epochs of 3 steps: seconds, for tests.
     """
     if name == "paper":
@@ -380,57 +384,15 @@ def profile(name: str) -> ExperimentConfig:
     raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
 
 
-# --- the knobs a reader turns --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Knob:
-    """A config field a notebook exposes as a typed parameter."""
-
-    path: str  # dotted field of ExperimentConfig
-    label: str  # how tables and figures name it
-    help: str  # one line for parameter cells and docs
-
-
-KNOBS: dict[str, Knob] = {
-    "epochs": Knob("train.epochs", "epochs", "training epochs"),
-    "lr": Knob("train.lr", "learning rate",
-               "Adam's learning rate, the top of the per-epoch cosine schedule"),
-    "ma_beta": Knob("train.ma_beta", "ma β",
-                    "weight averaging after each step, w ← β·w_old + (1−β)·w_new; 0 disables"),
-    "temperature": Knob("method.temperature", "temperature τ",
-                        "τ of the contrastive softmax"),
-    "alpha": Knob("method.alpha", "loss weight α", "total loss = CE + α · L_CL"),
-    "mix_beta": Knob("method.mix_beta", "mix β",
-                     "λ ~ Beta(β, β) for Mixup, CutMix and Patch-Mix"),
-    "mix_mode": Knob("method.mix_mode", "mixed units",
-                     "Patch-Mix moves random patches or whole time columns"),
-    "target_type": Knob("method.target_type", "target",
-                        "the contrastive target: raw or projected clean feature, gradient "
-                        "blocked or flowing"),
-    "negatives": Knob("method.negatives", "negatives",
-                      "the contrastive softmax over all clean samples or other-label ones"),
-    "spec_augment": Knob("method.spec_augment", "SpecAugment",
-                         "SpecAugment on every method's training batches"),
-    "specaug_gate": Knob("method.specaug_gate", "SpecAugment gate",
-                         "official: fires on ~84 % of samples (the code's quirk); always"),
-    "pos_embed": Knob("model.pos_embed", "pos_embed",
-                      "pretrained positional grid fitted by the AST rule or the official quirk"),
-}
+# --- changing a configuration ----------------------------------------------------------
 
 
 def get_value(cfg: Any, key: str) -> Any:
     """The value of a dotted field (``get_value(cfg, "method.temperature")``)."""
     value = cfg
-    for name in _resolve_key(cfg, key):
+    for name in resolve_key(cfg, key):
         value = getattr(value, name)
     return value
-
-
-def knob_label(key: str) -> str:
-    """The label of the knob whose field is `key` (``"method.alpha"`` → ``"loss weight α"``),
-    else `key` itself."""
-    return next((k.label for k in KNOBS.values() if k.path == key), key)
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> Any:
@@ -472,45 +434,6 @@ def with_values(cfg: ExperimentConfig, values: dict[str, Any]) -> Any:
     return _replace(cfg, values, _coerce)
 
 
-def notebook_config(profile_name: str, *, data_root: str = "", weights: str = "",
-                    overrides: str = "", knobs: dict[str, Any] | None = None
-                    ) -> ExperimentConfig:
-    """A notebook's parameters as one config: profile, data root, weights file, overrides, knobs.
-
-    `weights` is the path of a local AudioSet checkpoint (``audioset_10_10_0.4593.pth``): it
-    switches the model to ``weights=audioset``. `overrides` is a space-separated list of
-    ``key=value`` items, as `with_overrides` takes them (``"epochs=5 lr=1e-3"``). `knobs` maps
-    names of `KNOBS` to typed values; None keeps the profile's value. Knobs apply last.
-
-    A data set may set its own epochs for a profile (`patchmix.datasets.DataSet.
-    profile_epochs`: SPRSound's for ``demo``); they apply when `data_root` is that data set's
-    folder and neither `overrides` nor the ``epochs`` knob sets the epochs.
-    """
-    items = [f"data.root={data_root}"] if data_root else []
-    if weights:
-        items += ["model.weights=audioset", f"model.audioset_checkpoint={weights}"]
-    cfg = with_overrides(profile(profile_name), items + overrides.split())
-    epochs_set = any(_resolve_key(cfg, item.split("=", 1)[0]) == ("train", "epochs")
-                     for item in overrides.split())
-    if data_root and not epochs_set:
-        cfg = with_values(cfg, _dataset_epochs(data_root, profile_name))
-    unknown = sorted(set(knobs or {}) - set(KNOBS))
-    if unknown:
-        raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
-    chosen = {KNOBS[name].path: v for name, v in (knobs or {}).items() if v is not None}
-    return with_values(cfg, chosen)
-
-
-def _dataset_epochs(root: str, profile_name: str) -> dict[str, Any]:
-    from patchmix.datasets import DataError, find_dataset  # noqa: PLC0415 - datasets imports us
-
-    try:
-        epochs = find_dataset(root).profile_epochs.get(profile_name)
-    except DataError:  # no such folder yet: loading the data will say so
-        return {}
-    return {"train.epochs": epochs} if epochs else {}
-
-
 def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = []
     for f in dataclasses.fields(obj):
@@ -522,7 +445,9 @@ def _field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
     return paths
 
 
-def _resolve_key(cfg: Any, key: str) -> tuple[str, ...]:
+def resolve_key(cfg: Any, key: str) -> tuple[str, ...]:
+    """The field a dotted key or a unique bare name means (``"epochs"`` → ``("train",
+    "epochs")``); a ValueError naming the key when there is none or several."""
     paths = _field_paths(cfg)
     parts = tuple(key.split("."))
     if parts in paths:
@@ -540,7 +465,7 @@ def _replace(cfg: Any, items: dict[str, Any], convert: Any) -> Any:
     """`cfg` with each ``{key: raw value}`` converted by ``convert(current, key, raw)``."""
     tree: dict[str, Any] = {}
     for key, raw in items.items():
-        *parents, leaf = _resolve_key(cfg, key)
+        *parents, leaf = resolve_key(cfg, key)
         if (*parents, leaf) == ("profile",):
             raise ValueError("profile names the profile a configuration was made from: choose "
                              "another profile (--profile, PROFILE), do not override it")

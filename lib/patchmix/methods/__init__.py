@@ -5,15 +5,14 @@ list the methods. ``docs/adding-a-method.md`` shows how to add one.
 """
 
 from patchmix.methods.base import (
+    METHODS,
     ROLES,
     Method,
     Net,
     baseline_methods,
-    get_method,
-    method_names,
+    method_label,
     method_with_role,
     register_method,
-    unregister_method,
 )
 
 # the built-in methods, each registered by its own module, in the order they are listed
@@ -27,5 +26,5 @@ from patchmix.methods import specaug  # noqa: F401
 from patchmix.methods import patchmix_cl  # noqa: F401
 # isort: on
 
-__all__ = ["ROLES", "Method", "Net", "baseline_methods", "get_method", "method_names",
-           "method_with_role", "register_method", "unregister_method"]
+__all__ = ["METHODS", "ROLES", "Method", "Net", "baseline_methods", "method_label",
+           "method_with_role", "register_method"]

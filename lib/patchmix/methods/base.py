@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from patchmix.config import ExperimentConfig
-from patchmix.distributed import Dist
-from patchmix.model import AST
+from patchmix.model.ast import AST
+from patchmix.model.distributed import Dist
+from patchmix.registry import Registry
 
 ROLES: tuple[str, ...] = ("paper_baseline", "reference", "proposed")
 """``paper_baseline``: the fine-tuning the paper's table reports (the official scripts'
@@ -30,7 +31,7 @@ class Net:
     """The model as a method sees it: whole batches in, whole batches out.
 
     Under ``torchrun`` (several processes) the transformer runs on this process's shard of the
-    batch only, and the outputs come back gathered in batch order (`patchmix.distributed`
+    batch only, and the outputs come back gathered in batch order (`patchmix.model.distributed`
     explains why the loss and its gradients are then those of one process). In one process
     nothing is split. Methods call these helpers and never shard or gather themselves.
 
@@ -122,7 +123,10 @@ class Method(nn.Module):
 
 
 M = TypeVar("M", bound=type[Method])
-_METHODS: dict[str, type[Method]] = {}
+
+METHODS: Registry[type[Method]] = Registry("method")
+"""The registered methods, in registration order (`patchmix.methods` imports the built-in
+ones); ``METHODS.get(name)`` is the class of ``method.name=<name>``."""
 
 
 def register_method(name: str, *, label: str, short: str = "", baseline: bool = False,
@@ -136,47 +140,32 @@ def register_method(name: str, *, label: str, short: str = "", baseline: bool = 
         raise ValueError(f"role must be one of {ROLES} or None, not {role!r}")
 
     def add(cls: M) -> M:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"{cls!r} is not a subclass of patchmix.methods.Method")
-        taken = [m.name for m in _METHODS.values() if role is not None and m.role == role]
+        taken = [m.name for m in METHODS.values() if role is not None and m.role == role]
         if taken:
             raise ValueError(f"role {role!r} already belongs to method {taken[0]!r}")
+        METHODS.add(name, cls)
         cls.name, cls.label, cls.short = name, label, short or label
         cls.baseline, cls.role = baseline, role
-        _METHODS[name] = cls
         return cls
     return add
 
 
-def unregister_method(name: str) -> None:
-    """Remove a registered method (for tests that register their own)."""
-    _METHODS.pop(name, None)
-
-
-def method_names() -> tuple[str, ...]:
-    """Names of the registered methods, in registration order."""
-    return tuple(_METHODS)
-
-
-def get_method(name: str) -> type[Method]:
-    """The registered method class `name`."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from "
-                         f"{', '.join(method_names())}") from None
-
-
 def baseline_methods() -> tuple[type[Method], ...]:
     """The methods marked ``baseline``, in registration order."""
-    return tuple(m for m in _METHODS.values() if m.baseline)
+    return tuple(m for m in METHODS.values() if m.baseline)
 
 
 def method_with_role(role: str) -> type[Method]:
     """The method registered with `role` (``"reference"`` or ``"proposed"``)."""
-    for method in _METHODS.values():
+    for method in METHODS.values():
         if method.role == role:
             return method
     raise ValueError(f"no registered method has the role {role!r}")
+
+
+def method_label(name: str) -> str:
+    """How tables and figures name a registered method (``patchmix_cl`` → ``Patch-Mix CL``);
+    any other name (a variant such as ``ce_no_specaug``) as it is."""
+    return METHODS.get(name).label if name in METHODS else name

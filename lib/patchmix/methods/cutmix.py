@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from patchmix.augment import cutmix, mixed_cross_entropy, sample_lambda
 from patchmix.methods.base import Method, Net, register_method
+from patchmix.model.augment import cutmix, mixed_cross_entropy, sample_lambda
 
 
 @register_method("cutmix", label="CutMix", baseline=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from patchmix.augment import mixed_cross_entropy, mixup, sample_lambda
 from patchmix.methods.base import Method, Net, register_method
+from patchmix.model.augment import mixed_cross_entropy, mixup, sample_lambda
 
 
 @register_method("mixup", label="Mixup", baseline=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from patchmix.augment import sample_lambda
-from patchmix.losses import patchmix_ce
 from patchmix.methods.base import Method, Net, register_method
-from patchmix.patchmix import patch_mix
+from patchmix.model.augment import sample_lambda
+from patchmix.model.losses import patchmix_ce
+from patchmix.model.patchmix import patch_mix
 
 
 @register_method("patchmix_ce", label="Patch-Mix CE", baseline=True)

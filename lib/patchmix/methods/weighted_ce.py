@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from patchmix.augment import class_weights
 from patchmix.config import ExperimentConfig
 from patchmix.methods.base import Method, Net, register_method
+from patchmix.model.augment import class_weights
 
 
 @register_method("weighted_ce", label="Fine-tuning (weighted CE)", short="weighted CE",
